@@ -1,0 +1,365 @@
+"""One dataclass tree for a run, loaded from YAML with dotted command-line overrides.
+
+Convention: ``python train.py --config configs/seed.yaml --ppo.cliprange 0.1 --train.total_steps 20``.
+Every field below is a command-line option ``--<section>.<field>``; values are parsed as YAML
+(``--reward.functions '[chinese_rule, length]'`` works). ``train.py --help`` prints every field
+with its doc and default.
+
+Batch vocabulary (all sizes count prompts/samples, not tokens):
+  rollout.batch_size          global: prompts generated per PPO step over all processes
+  ppo.mini_batch_size         global: samples per optimiser step over all processes
+  ppo.gradient_accumulation_steps
+                              micro-batches per optimiser step on each process
+  local_*                     the same quantities on one process (global / world size)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field(s) and value(s)."""
+
+
+def doc_field(default: Any, doc: str) -> Any:
+    """A dataclass field with a one-line doc shown by ``train.py --help``."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+SEED_PROMPTS = [
+    "今天天气",
+    "我喜欢",
+    "学习编程",
+    "这部电影",
+    "人工智能",
+    "我的朋友",
+    "周末的时候",
+    "春天来了",
+    "读书让我",
+    "音乐让人",
+    "写一句关于春天的话",
+    "说说你今天的心情",
+    "介绍一下你的家乡",
+    "给朋友写一段祝福",
+    "谈谈学习的方法",
+    "描述一下你最喜欢的食物",
+]
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str | None = doc_field(None, "HF causal LM (local dir or hub name); empty = embedded tiny GPT-2")
+    ref_name_or_path: str | None = doc_field(None, "reference model; empty = frozen copy of the initial policy")
+    tokenizer_name_or_path: str | None = doc_field(None, "tokenizer; empty = the policy's (embedded model: shipped BPE)")
+    dtype: str = doc_field("fp32", "precision via accelerate mixed precision: fp32 | bf16 | fp16")
+    trust_remote_code: bool = doc_field(False, "pass trust_remote_code to from_pretrained")
+    disable_dropout: bool = doc_field(True, "set every dropout probability to 0 (PPO ratios need a deterministic policy)")
+    tiny_n_layer: int = doc_field(2, "embedded model: transformer layers")
+    tiny_n_embd: int = doc_field(64, "embedded model: hidden size")
+    tiny_n_head: int = doc_field(4, "embedded model: attention heads")
+    tiny_n_positions: int = doc_field(256, "embedded model: maximum sequence length")
+
+
+@dataclass
+class DataConfig:
+    prompts: list = doc_field(SEED_PROMPTS, "inline prompts, used when neither data.path nor data.dataset_name is set")
+    path: str | None = doc_field(None, "prompt file (.jsonl/.json/.csv/.parquet) or a datasets.save_to_disk directory")
+    dataset_name: str | None = doc_field(None, "datasets.load_dataset name (hub or local script/dir)")
+    dataset_config: str | None = doc_field(None, "datasets.load_dataset config name")
+    split: str = doc_field("train", "dataset split")
+    prompt_column: str = doc_field("query", "column holding the prompt text")
+    max_prompt_length: int = doc_field(64, "prompts longer than this many tokens are handled by data.truncation")
+    truncation: str = doc_field("left", "over-long prompts: left (keep the end, warn once) | error")
+
+
+@dataclass
+class RolloutConfig:
+    batch_size: int = doc_field(8, "global prompts per PPO step, over all processes")
+    max_new_tokens: int = doc_field(32, "tokens sampled per response at most")
+    temperature: float = doc_field(1.0, "sampling temperature")
+    top_k: int = doc_field(0, "top-k sampling; 0 = off")
+    top_p: float = doc_field(1.0, "nucleus sampling; 1.0 = off")
+    do_sample: bool = doc_field(True, "sample (true) or greedy decode (false)")
+    generation_batch_size: int = doc_field(0, "prompts per generate() call on a process; 0 = the whole local batch")
+    forward_batch_size: int = doc_field(16, "samples per micro-batch for logprob/value passes on a process")
+
+
+@dataclass
+class PPOConfig:
+    ppo_epochs: int = doc_field(4, "optimisation passes over each rollout batch")
+    mini_batch_size: int = doc_field(2, "global samples per optimiser step")
+    gradient_accumulation_steps: int = doc_field(1, "micro-batches accumulated per optimiser step on each process")
+    shuffle: bool = doc_field(True, "reshuffle mini-batches every PPO epoch (seeded, identical on all processes)")
+    cliprange: float = doc_field(0.2, "policy ratio clip epsilon")
+    cliprange_value: float = doc_field(0.2, "value prediction clip around the rollout values")
+    vf_coef: float = doc_field(0.1, "value loss coefficient")
+    entropy_coef: float = doc_field(0.0, "entropy bonus coefficient")
+    gamma: float = doc_field(1.0, "discount factor")
+    lam: float = doc_field(0.95, "GAE lambda")
+    kl_coef: float = doc_field(0.2, "initial KL penalty coefficient")
+    kl_estimator: str = doc_field("k1", "per-token KL estimator: k1 (logp - ref_logp) | k3 (Schulman's unbiased, >= 0)")
+    adaptive_kl: bool = doc_field(True, "adapt kl_coef towards kl_target (Ziegler et al. 2019)")
+    kl_target: float = doc_field(6.0, "adaptive KL: target sequence KL")
+    kl_horizon: float = doc_field(10000.0, "adaptive KL: horizon in samples")
+    whiten_advantages: bool = doc_field(True, "normalise advantages over all valid tokens of all processes")
+    whiten_rewards: bool = doc_field(False, "normalise per-token rewards (shift kept) before GAE")
+    score_clip: float | None = doc_field(None, "clip scores to [-score_clip, score_clip]; empty = off")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc_field(1.41e-5, "AdamW learning rate")
+    weight_decay: float = doc_field(0.0, "AdamW weight decay")
+    adam_beta1: float = doc_field(0.9, "AdamW beta1")
+    adam_beta2: float = doc_field(0.999, "AdamW beta2")
+    adam_eps: float = doc_field(1e-8, "AdamW epsilon")
+    max_grad_norm: float | None = doc_field(1.0, "clip the global gradient norm; empty = off")
+    lr_scheduler: str = doc_field("constant", "constant | linear | cosine (after warm-up)")
+    warmup_steps: int = doc_field(0, "optimiser steps of linear warm-up")
+
+
+@dataclass
+class RewardConfig:
+    functions: list = doc_field(["chinese_rule"], "reward functions (built-in name, module:fn or file.py:fn)")
+    weights: list | None = doc_field(None, "one weight per function; empty = all 1.0")
+
+
+@dataclass
+class TrainConfig:
+    total_steps: int = doc_field(100, "PPO steps to run (the data cycles as needed)")
+    seed: int = doc_field(42, "seed for models, data order, sampling and mini-batches")
+    output_dir: str = doc_field("runs/default", "where the final model, logs and checkpoints go")
+    save_final_model: bool = doc_field(True, "save the final policy + tokenizer with save_pretrained")
+
+
+@dataclass
+class LogConfig:
+    log_every: int = doc_field(1, "write scalars every N PPO steps")
+    trackers: list = doc_field(["tensorboard"], "accelerate trackers: tensorboard, wandb, mlflow, ... ([] = none)")
+    project_name: str = doc_field("ppo_dist", "tracker project / run name")
+    progress_bar: bool = doc_field(True, "show a progress bar on the main process")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = doc_field(0, "save a resumable checkpoint every N PPO steps; 0 = only at the end")
+    keep: int = doc_field(2, "keep the newest K checkpoints")
+    resume: str | None = doc_field(None, "auto = newest complete checkpoint in output_dir, or a checkpoint path")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"ppo.cliprange": 0.2, ...}`` for hyperparameter logging."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+
+# ---------------------------------------------------------------- loading and overriding
+
+
+def _sections(cfg_cls: type = Config) -> dict[str, type]:
+    return {f.name: f.type if isinstance(f.type, type) else typing.get_type_hints(cfg_cls)[f.name] for f in dataclasses.fields(cfg_cls)}
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else f" Valid: {', '.join(sorted(options))}."
+
+
+def _coerce(path: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the annotation ``hint``; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(path, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-5" as a string
+            return float(value)
+        except ValueError:
+            pass
+    base = origin or hint
+    if base is list and isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {getattr(base, '__name__', base)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(data: dict, base: Config | None = None) -> Config:
+    """Apply a nested dict onto ``base`` (default: defaults), with type checks and key suggestions."""
+    cfg = base or Config()
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for sec_name, values in data.items():
+        if sec_name not in sections:
+            raise ConfigError(f"unknown config section {sec_name!r}.{_suggest(sec_name, list(sections))}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"section {sec_name!r} must be a mapping, got {values!r}")
+        section = getattr(cfg, sec_name)
+        hints = typing.get_type_hints(type(section))
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"unknown key {sec_name}.{key}.{_suggest(key, list(hints))}")
+            setattr(section, key, _coerce(f"{sec_name}.{key}", value, hints[key]))
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    return data or {}
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Distributed PPO for causal language models. Values: YAML file, then --section.field overrides.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", default=None, help="YAML run config (sections as below)")
+    defaults = Config()
+    for sec in dataclasses.fields(Config):
+        group = parser.add_argument_group(sec.name)
+        for f in dataclasses.fields(getattr(defaults, sec.name)):
+            default = getattr(getattr(defaults, sec.name), f.name)
+            group.add_argument(
+                f"--{sec.name}.{f.name}", dest=f"{sec.name}.{f.name}", default=argparse.SUPPRESS,
+                metavar="VALUE", help=f"{f.metadata.get('doc', '')} (default: {default!r})",
+            )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """YAML file (``--config``) then ``--section.field value`` overrides; values parsed as YAML."""
+    parser = build_arg_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        options = [a.option_strings[0] for a in parser._actions if a.option_strings]
+        raise ConfigError(f"unknown argument {unknown[0]!r}.{_suggest(unknown[0].split('=')[0], options)}")
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    cfg = from_dict(load_yaml(args.config)) if args.config else Config()
+    nested: dict[str, dict] = {}
+    for key, raw in overrides.items():
+        sec, name = key.split(".", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (int, float, bool)) and typing.get_type_hints(type(getattr(cfg, sec))).get(name) is str:
+            value = raw
+        nested.setdefault(sec, {})[name] = value
+    return from_dict(nested, cfg)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def exact_div(a: int, b: int, what: str) -> int:
+    if b <= 0 or a % b != 0:
+        raise ConfigError(f"{what} ({a} is not divisible by {b})")
+    return a // b
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Batch arithmetic of a run, checked once. Global sizes unprefixed, per-process ``local_``."""
+
+    world_size: int
+    batch_size: int
+    mini_batch_size: int
+    local_batch_size: int
+    local_mini_batch_size: int
+    local_micro_batch_size: int
+    gradient_accumulation_steps: int
+    num_mini_batches: int
+
+
+def plan_batches(cfg: Config, world_size: int) -> BatchPlan:
+    r, p = cfg.rollout, cfg.ppo
+    local_batch = exact_div(r.batch_size, world_size, f"rollout.batch_size={r.batch_size} must be divisible by the world size={world_size}")
+    n_mini = exact_div(r.batch_size, p.mini_batch_size, f"rollout.batch_size={r.batch_size} must be divisible by ppo.mini_batch_size={p.mini_batch_size}")
+    local_mini = exact_div(p.mini_batch_size, world_size, f"ppo.mini_batch_size={p.mini_batch_size} must be divisible by the world size={world_size}")
+    local_micro = exact_div(local_mini, p.gradient_accumulation_steps, f"per-process mini batch ppo.mini_batch_size/world_size={local_mini} must be divisible by ppo.gradient_accumulation_steps={p.gradient_accumulation_steps}")
+    return BatchPlan(world_size, r.batch_size, p.mini_batch_size, local_batch, local_mini, local_micro, p.gradient_accumulation_steps, n_mini)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config, world_size: int = 1) -> BatchPlan:
+    """Check values and batch arithmetic before anything heavy is loaded."""
+    m, d, r, p, o, t, lg, ck = cfg.model, cfg.data, cfg.rollout, cfg.ppo, cfg.optim, cfg.train, cfg.log, cfg.checkpoint
+    _check(m.dtype in ("fp32", "bf16", "fp16"), f"model.dtype must be fp32, bf16 or fp16, got {m.dtype!r}")
+    _check(d.truncation in ("left", "error"), f"data.truncation must be left or error, got {d.truncation!r}")
+    _check(d.max_prompt_length > 0, f"data.max_prompt_length must be > 0, got {d.max_prompt_length}")
+    _check(bool(d.path or d.dataset_name or d.prompts), "data: give data.path, data.dataset_name or a non-empty data.prompts list")
+    _check(r.batch_size > 0, f"rollout.batch_size must be > 0, got {r.batch_size}")
+    _check(r.max_new_tokens > 0, f"rollout.max_new_tokens must be > 0, got {r.max_new_tokens}")
+    _check(r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
+    _check(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    _check(r.top_k >= 0 and r.generation_batch_size >= 0, "rollout.top_k and rollout.generation_batch_size must be >= 0")
+    _check(r.forward_batch_size > 0, f"rollout.forward_batch_size must be > 0, got {r.forward_batch_size}")
+    _check(p.ppo_epochs > 0, f"ppo.ppo_epochs must be > 0, got {p.ppo_epochs}")
+    _check(p.mini_batch_size > 0 and p.gradient_accumulation_steps > 0, "ppo.mini_batch_size and ppo.gradient_accumulation_steps must be > 0")
+    _check(p.cliprange > 0 and p.cliprange_value > 0, "ppo.cliprange and ppo.cliprange_value must be > 0")
+    _check(0 <= p.gamma <= 1 and 0 <= p.lam <= 1, f"ppo.gamma={p.gamma} and ppo.lam={p.lam} must be in [0, 1]")
+    _check(p.kl_coef >= 0, f"ppo.kl_coef must be >= 0, got {p.kl_coef}")
+    _check(p.kl_estimator in ("k1", "k3"), f"ppo.kl_estimator must be k1 or k3, got {p.kl_estimator!r}")
+    _check(p.kl_target > 0 and p.kl_horizon > 0, "ppo.kl_target and ppo.kl_horizon must be > 0")
+    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(o.lr_scheduler in ("constant", "linear", "cosine"), f"optim.lr_scheduler must be constant, linear or cosine, got {o.lr_scheduler!r}")
+    _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
+    _check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
+    _check(ck.every >= 0 and ck.keep > 0, f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}")
+    weights = cfg.reward.weights
+    _check(weights is None or len(weights) == len(cfg.reward.functions),
+           f"reward.weights has {0 if weights is None else len(weights)} entries but reward.functions has {len(cfg.reward.functions)}")
+    _check(len(cfg.reward.functions) > 0, "reward.functions must name at least one reward")
+    return plan_batches(cfg, world_size)
