@@ -86,7 +86,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    batch_size: int = doc_field(8, "global prompts per PPO step, over all processes")
+    batch_size: int = doc_field(32, "global prompts per PPO step, over all processes")
     max_new_tokens: int = doc_field(32, "tokens sampled per response at most")
     temperature: float = doc_field(1.0, "sampling temperature")
     top_k: int = doc_field(0, "top-k sampling; 0 = off")
@@ -99,7 +99,7 @@ class RolloutConfig:
 @dataclass
 class PPOConfig:
     ppo_epochs: int = doc_field(4, "optimisation passes over each rollout batch")
-    mini_batch_size: int = doc_field(2, "global samples per optimiser step")
+    mini_batch_size: int = doc_field(8, "global samples per optimiser step")
     gradient_accumulation_steps: int = doc_field(1, "micro-batches accumulated per optimiser step on each process")
     shuffle: bool = doc_field(True, "reshuffle mini-batches every PPO epoch (seeded, identical on all processes)")
     cliprange: float = doc_field(0.2, "policy ratio clip epsilon")
@@ -108,7 +108,7 @@ class PPOConfig:
     entropy_coef: float = doc_field(0.0, "entropy bonus coefficient")
     gamma: float = doc_field(1.0, "discount factor")
     lam: float = doc_field(0.95, "GAE lambda")
-    kl_coef: float = doc_field(0.2, "initial KL penalty coefficient")
+    kl_coef: float = doc_field(0.05, "initial KL penalty coefficient")
     kl_estimator: str = doc_field("k1", "per-token KL estimator: k1 (logp - ref_logp) | k3 (Schulman's unbiased, >= 0)")
     adaptive_kl: bool = doc_field(True, "adapt kl_coef towards kl_target (Ziegler et al. 2019)")
     kl_target: float = doc_field(6.0, "adaptive KL: target sequence KL")
@@ -120,7 +120,7 @@ class PPOConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = doc_field(1.41e-5, "AdamW learning rate")
+    lr: float = doc_field(1e-4, "AdamW learning rate")
     weight_decay: float = doc_field(0.0, "AdamW weight decay")
     adam_beta1: float = doc_field(0.9, "AdamW beta1")
     adam_beta2: float = doc_field(0.999, "AdamW beta2")
@@ -138,10 +138,11 @@ class RewardConfig:
 
 @dataclass
 class TrainConfig:
-    total_steps: int = doc_field(100, "PPO steps to run (the data cycles as needed)")
+    total_steps: int = doc_field(150, "PPO steps to run (the data cycles as needed)")
     seed: int = doc_field(42, "seed for models, data order, sampling and mini-batches")
     output_dir: str = doc_field("runs/default", "where the final model, logs and checkpoints go")
     save_final_model: bool = doc_field(True, "save the final policy + tokenizer with save_pretrained")
+    collective_timeout: int = doc_field(1800, "seconds a process waits in a collective before failing (dead peer)")
 
 
 @dataclass
