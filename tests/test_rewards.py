@@ -533,3 +533,16 @@ def test_normalizer_state_dict_round_trip():
     assert torch.equal(a(rest, torch.ones(3, dtype=torch.bool)), b(rest, torch.ones(3, dtype=torch.bool)))
     with pytest.raises(KeyError, match="m2"):
         b.load_state_dict({"count": 1, "mean": 0.0})
+
+
+def test_plain_function_returning_an_awaitable_is_awaited():
+    import asyncio
+
+    async def compute(completions):
+        await asyncio.sleep(0)
+        return [float(len(c)) for c in completions]
+
+    def returns_coroutine(prompts, completions, **_):
+        return compute(completions)
+
+    assert build_reward([returns_coroutine])(PROMPTS, COMPLETIONS)["score"].tolist() == [15.0, 6.0, 3.0]
