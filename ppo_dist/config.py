@@ -115,7 +115,6 @@ class PPOConfig:
     kl_horizon: float = doc_field(10000.0, "adaptive KL: horizon in samples")
     whiten_advantages: bool = doc_field(True, "normalise advantages over all valid tokens of all processes")
     whiten_rewards: bool = doc_field(False, "normalise per-token rewards (shift kept) before GAE")
-    score_clip: float | None = doc_field(None, "clip scores to [-score_clip, score_clip]; empty = off")
 
 
 @dataclass

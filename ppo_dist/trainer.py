@@ -26,7 +26,7 @@ from .checkpoint import CheckpointManager
 from .config import BatchPlan, Config, validate
 from .data import PromptStream, load_prompt_dataset, tokenize_prompts
 from .models import build_models, load_tokenizer
-from .rewards import Reward, RewardError, build_reward
+from .rewards import Reward, RewardError, RewardNormalizer, build_reward
 from .rollout import Rollout, batched_forward, forward_response, generate, make_generation_config, right_pad, left_pad
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ class RolloutBatch:
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
     values: torch.Tensor
-    scores: torch.Tensor
+    scores: torch.Tensor  # after post-processing (EOS penalty, scale, normalisation, clip); 0 where invalid
+    raw_scores: torch.Tensor  # as the reward functions returned them; NaN where invalid
+    valid: torch.Tensor  # (B,) bool: samples that take part in the update
 
 
 class PPOEngine:
@@ -76,14 +78,21 @@ class PPOEngine:
         self.kl_ctl = (
             algos.AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl else algos.FixedKLController(p.kl_coef)
         )
+        self.normalizer = RewardNormalizer.from_config(cfg.reward)
         self.global_step = 0
         self.skipped_updates = 0
+        self.skipped_samples = 0
 
     # ------------------------------------------------------------------ 3. old logprobs, values, reference
 
     @torch.no_grad()
-    def score_rollout(self, rollout: Rollout, scores: torch.Tensor) -> RolloutBatch:
-        """Logprob/value passes on this process's samples, then gather the global batch."""
+    def score_rollout(self, rollout: Rollout, scores: torch.Tensor, valid: torch.Tensor | None = None) -> RolloutBatch:
+        """Logprob/value passes on this process's samples, then gather the global batch.
+
+        Scores are post-processed on the gathered batch (so running statistics are the same on any
+        number of processes); invalid samples (``reward.on_invalid: skip_sample``) get an empty
+        response mask and take no part in the update.
+        """
         acc, mb = self.accelerator, self.cfg.rollout.forward_batch_size
         args = (rollout.queries, rollout.query_mask, rollout.responses, rollout.response_mask)
         self.model.eval()
@@ -92,11 +101,18 @@ class PPOEngine:
             ref_logprobs, _ = batched_forward(self.ref_model, *args, mb, with_values=False)
         pad = self.tokenizer.pad_token_id
         g = lambda t, v=0, first=False: distributed.gather_padded(acc, t, v, first)  # noqa: E731
+        valid = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid.bool()
+        raw = distributed.gather_1d(acc, scores.to(acc.device).float())
+        valid = distributed.gather_1d(acc, valid.to(acc.device))
+        finished = distributed.gather_1d(acc, rollout.finished.to(acc.device))
+        processed = torch.where(valid, self.normalizer(raw, finished), torch.zeros_like(raw))
+        response_mask = g(rollout.response_mask) * valid.unsqueeze(1)
+        self.skipped_samples += int((~valid).sum())
         return RolloutBatch(
             queries=g(rollout.queries, pad, True), query_mask=g(rollout.query_mask, 0, True),
-            responses=g(rollout.responses, pad), response_mask=g(rollout.response_mask),
+            responses=g(rollout.responses, pad), response_mask=response_mask,
             logprobs=g(logprobs), ref_logprobs=g(ref_logprobs), values=g(values),
-            scores=distributed.gather_1d(acc, scores.to(acc.device).float()),
+            scores=processed, raw_scores=raw, valid=valid,
         )
 
     # ------------------------------------------------------------------ 4. rewards and advantages
@@ -104,7 +120,7 @@ class PPOEngine:
     def advantages(self, batch: RolloutBatch):
         p = self.cfg.ppo
         mask = batch.response_mask.float()
-        scores = batch.scores.clamp(-p.score_clip, p.score_clip) if p.score_clip else batch.scores
+        scores = batch.scores
         kl = algos.kl_penalty(batch.logprobs, batch.ref_logprobs, p.kl_estimator) * mask
         rewards, non_score = algos.token_rewards(scores, kl, mask, self.kl_ctl.value)
         if p.whiten_rewards:
@@ -186,9 +202,9 @@ class PPOEngine:
 
     # ------------------------------------------------------------------ the whole update
 
-    def step(self, rollout: Rollout, scores: torch.Tensor) -> dict[str, float]:
+    def step(self, rollout: Rollout, scores: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:
         """One PPO update from this process's rollout and scores; returns global statistics."""
-        batch = self.score_rollout(rollout, scores)
+        batch = self.score_rollout(rollout, scores, valid)
         advantages, returns, kl, non_score = self.advantages(batch)
         train_metrics = self.optimize(batch, advantages, returns)
         stats = self._stats(batch, kl, non_score, returns, train_metrics)
@@ -200,16 +216,19 @@ class PPOEngine:
         mask = batch.response_mask.float()
         q_len = batch.query_mask.sum(1).float()
         r_len = mask.sum(1)
-        s = batch.scores
+        s = batch.raw_scores[batch.valid]
+        if s.numel() == 0:
+            raise RewardError(f"every sample of step {self.global_step + 1} was invalid (reward.on_invalid=skip_sample)")
         values = {
             "env/reward_mean": s.mean(),
             "env/reward_std": s.std() if s.numel() > 1 else torch.zeros((), device=s.device),
             "env/reward_min": s.min(),
             "env/reward_max": s.max(),
+            "env/score_mean": batch.scores[batch.valid].mean(),
             "objective/kl": kl.sum(1).mean(),
             "objective/entropy": (-batch.logprobs * mask).sum(1).mean(),
             "ppo/mean_non_score_reward": non_score.sum(1).mean(),
-            "ppo/mean_scores": s.mean(),
+            "ppo/mean_scores": batch.scores[batch.valid].mean(),
             "ppo/returns/mean": algos.masked_mean(returns, mask),
             "ppo/returns/var": algos.masked_var(returns, mask),
             "tokens/queries_len_mean": q_len.mean(),
@@ -223,15 +242,19 @@ class PPOEngine:
         stats["objective/kl_coef"] = self.kl_ctl.value
         stats["ppo/learning_rate"] = self.scheduler.get_last_lr()[0]
         stats["ppo/skipped_updates"] = float(self.skipped_updates)
+        stats["env/skipped_samples"] = float(self.skipped_samples)
         return stats
 
     def state_dict(self) -> dict:
-        return {"global_step": self.global_step, "kl_ctl": self.kl_ctl.state_dict(), "skipped_updates": self.skipped_updates}
+        return {"global_step": self.global_step, "kl_ctl": self.kl_ctl.state_dict(), "normalizer": self.normalizer.state_dict(),
+                "skipped_updates": self.skipped_updates, "skipped_samples": self.skipped_samples}
 
     def load_state_dict(self, state: dict) -> None:
         self.global_step = int(state["global_step"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
-        self.skipped_updates = int(state.get("skipped_updates", 0))
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.skipped_updates = int(state["skipped_updates"])
+        self.skipped_samples = int(state["skipped_samples"])
 
 
 def build_optimizer(cfg: Config, model, plan: BatchPlan):
@@ -257,7 +280,7 @@ class Trainer:
         self.dataset = load_prompt_dataset(cfg.data)
         prompt_ids = tokenize_prompts(self.dataset[cfg.data.prompt_column], self.tokenizer, cfg.data.max_prompt_length, cfg.data.truncation)
         self.stream = PromptStream(self.dataset, prompt_ids, cfg.data.prompt_column, plan.batch_size, cfg.train.seed)
-        self.reward = reward or build_reward(cfg.reward.functions, cfg.reward.weights)
+        self.reward = (reward or build_reward(cfg.reward)).to(acc.device)
         policy, ref = build_models(cfg.model, self.tokenizer)
         optimizer, scheduler = build_optimizer(cfg, policy, plan)
         model, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
@@ -318,7 +341,7 @@ class Trainer:
                 t_step = time.perf_counter()
                 rollout, components, timings, samples = self.rollout_step(step)
                 t0 = time.perf_counter()
-                stats = self.engine.step(rollout, components["score"])
+                stats = self.engine.step(rollout, components["score"], components.get("valid"))
                 timings["time/optimize"] = time.perf_counter() - t0
                 timings["time/step"] = time.perf_counter() - t_step
                 stats.update(timings)
@@ -351,12 +374,12 @@ class Trainer:
         return self.history
 
     def _component_means(self, components: dict) -> dict[str, float]:
-        if len(components) <= 2:  # one function: its value is the score
+        names = [k for k in components if k not in ("score", "valid")]
+        if len(names) < 2:  # one function: its value is the score
             return {}
         acc = self.accelerator
-        names = [k for k in components if k not in ("score", "valid")]
-        local = torch.stack([components[k].float() for k in names]).to(acc.device)
-        means = distributed.gather_padded(acc, local.T.contiguous()).mean(0).tolist() if acc.num_processes > 1 else local.mean(1).tolist()
+        local = torch.stack([components[k].float() for k in names], dim=1).to(acc.device)  # (B_local, n)
+        means = distributed.gather_1d(acc, local).nanmean(0).tolist()
         return {f"env/reward/{k}": v for k, v in zip(names, means)}
 
     def _check_numerics(self, stats: dict, step: int) -> None:
