@@ -1,19 +1,24 @@
 """Distributed PPO training: ``accelerate launch train.py --config configs/seed.yaml [--section.field value ...]``."""
 
 import logging
+import os
 import sys
 
-from ppo_dist.config import ConfigError, parse_args
-from ppo_dist.trainer import Trainer
+from ppo_dist.config import ConfigError, parse_args, validate
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = parse_args(argv)
+        # The launcher sets WORLD_SIZE: check the batch arithmetic before torch and the models load.
+        validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+
+    from ppo_dist.trainer import Trainer
+
     trainer = Trainer(cfg)
     try:
         trainer.train()
