@@ -181,6 +181,7 @@ class LogConfig:
     log_every: int = doc_field(1, "write scalars every N PPO steps")
     trackers: list = doc_field(["tensorboard"], "accelerate trackers: tensorboard, wandb, mlflow, ... ([] = none)")
     project_name: str = doc_field("ppo_dist", "tracker project / run name")
+    samples_every: int = doc_field(10, "TensorBoard: a table of sample prompts/completions/rewards every N steps; 0 = never")
     progress_bar: bool = doc_field(True, "show a progress bar on the main process")
 
 
@@ -389,6 +390,7 @@ def validate(cfg: Config, world_size: int = 1) -> BatchPlan:
     _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
     _check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
+    _check(lg.samples_every >= 0, f"log.samples_every must be >= 0, got {lg.samples_every}")
     _check(ck.every >= 0 and ck.keep > 0, f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}")
     cfg.reward.validate()
     return plan_batches(cfg, world_size)

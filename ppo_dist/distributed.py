@@ -58,6 +58,10 @@ def any_process(accelerator: Accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(t, reduction="sum").item() > 0)
 
 
+def reduce_max(accelerator: Accelerator, t: torch.Tensor) -> torch.Tensor:
+    return t if accelerator.num_processes == 1 else accelerator.reduce(t, reduction="max")
+
+
 def reduce_sum(accelerator: Accelerator, t: torch.Tensor) -> torch.Tensor:
     return t if accelerator.num_processes == 1 else accelerator.reduce(t, reduction="sum")
 

@@ -21,7 +21,7 @@ import torch
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from . import algos, distributed
+from . import algos, distributed, tracking
 from .checkpoint import CheckpointManager
 from .config import BatchPlan, Config, validate
 from .data import PromptStream, load_prompt_dataset, tokenize_prompts
@@ -205,6 +205,7 @@ class PPOEngine:
     def step(self, rollout: Rollout, scores: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:
         """One PPO update from this process's rollout and scores; returns global statistics."""
         batch = self.score_rollout(rollout, scores, valid)
+        self.last_batch = batch  # the gathered batch, for histograms
         advantages, returns, kl, non_score = self.advantages(batch)
         train_metrics = self.optimize(batch, advantages, returns)
         stats = self._stats(batch, kl, non_score, returns, train_metrics)
@@ -273,6 +274,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, reward: Reward | None = None):
         plan = validate(cfg, distributed.world_size_from_env())  # before any model is loaded
+        tracking.check_trackers(cfg.log.trackers)
         self.cfg, self.plan = cfg, plan
         self.accelerator = acc = distributed.build_accelerator(cfg, plan)
         set_seed(cfg.train.seed)
@@ -289,6 +291,7 @@ class Trainer:
         self.gen_config = make_generation_config(cfg.rollout, self.tokenizer)
         self.checkpoints = CheckpointManager(acc, Path(cfg.train.output_dir) / "checkpoints", cfg.checkpoint.keep)
         acc.register_for_checkpointing(self)  # engine state (step, KL controller) travels with save_state
+        self.tracker = tracking.RunTracker(acc, cfg)
         self._stop_signal: int | None = None
         self.history: list[dict[str, float]] = []
 
@@ -333,12 +336,13 @@ class Trainer:
         start = self.checkpoints.maybe_resume(cfg.checkpoint.resume)
         if start is not None:
             logger.info("resumed from step %d", start)
-        acc.init_trackers(cfg.log.project_name, config=_hparams(cfg))
+        self.tracker.start(resume_step=start or 0)
         self._install_signal_handlers()
         progress = _progress(acc, cfg, self.engine.global_step)
         try:
             for step in range(self.engine.global_step, cfg.train.total_steps):
                 t_step = time.perf_counter()
+                tracking.reset_peak_memory(acc.device)
                 rollout, components, timings, samples = self.rollout_step(step)
                 t0 = time.perf_counter()
                 stats = self.engine.step(rollout, components["score"], components.get("valid"))
@@ -349,9 +353,10 @@ class Trainer:
                 n_tokens = stats["tokens/responses_len_mean"] * self.plan.batch_size
                 stats["throughput/tokens_per_s"] = n_tokens / timings["time/step"]
                 stats["throughput/samples_per_s"] = self.plan.batch_size / timings["time/step"]
+                stop, stats["memory/peak_gb"] = self._step_flags()
                 self.history.append({k: stats[k] for k in ("env/reward_mean", "objective/kl", "objective/kl_coef")})
                 if (step + 1) % cfg.log.log_every == 0:
-                    acc.log(stats, step=step + 1)
+                    self._log(step + 1, stats, samples, components["score"])
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(reward=f"{stats['env/reward_mean']:.3f}", kl=f"{stats['objective/kl']:.3f}",
@@ -360,7 +365,7 @@ class Trainer:
                 done = step + 1 == cfg.train.total_steps
                 if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and not done:
                     self.checkpoints.save(step + 1)
-                if distributed.any_process(acc, self._stop_signal is not None):
+                if stop:
                     self.checkpoints.save(step + 1)
                     logger.warning("stopping on signal after step %d; checkpoint saved", step + 1)
                     raise Preempted(step + 1)
@@ -372,6 +377,21 @@ class Trainer:
                 progress.close()
         self._print_summary()
         return self.history
+
+    def _step_flags(self) -> tuple[bool, float]:
+        """One reduction per step: has any process been asked to stop, and the peak memory (max over ranks)."""
+        acc = self.accelerator
+        local = torch.tensor([1.0 if self._stop_signal is not None else 0.0, tracking.peak_memory_gb(acc.device)], device=acc.device)
+        stop, peak = distributed.reduce_max(acc, local).tolist()
+        return stop > 0, peak
+
+    def _log(self, step: int, stats: dict, samples: dict, local_scores: torch.Tensor) -> None:
+        batch = self.engine.last_batch
+        every = self.cfg.log.samples_every
+        table = None
+        if every and step % every == 0:
+            table = {**samples, "rewards": local_scores.float().tolist()}
+        self.tracker.log(step, stats, batch.raw_scores[batch.valid], batch.response_mask.sum(1)[batch.valid], table)
 
     def _component_means(self, components: dict) -> dict[str, float]:
         names = [k for k in components if k not in ("score", "valid")]
@@ -424,6 +444,3 @@ def _progress(acc, cfg: Config, start: int):
 
     return tqdm(total=cfg.train.total_steps, initial=start, desc="ppo", dynamic_ncols=True)
 
-
-def _hparams(cfg: Config) -> dict:
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.flat().items()}
