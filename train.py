@@ -17,9 +17,14 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
 
+    from ppo_dist.models import ModelLoadError
     from ppo_dist.trainer import Trainer
 
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except (ConfigError, ModelLoadError) as e:  # found while building: before any training or saving
+        print(f"{'config' if isinstance(e, ConfigError) else 'model'} error: {e}", file=sys.stderr)
+        return 2
     try:
         trainer.train()
     finally:

@@ -32,7 +32,7 @@ from accelerate.utils import set_seed
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel
 
-from . import distributed
+from . import distributed, zero
 from .config import Config, ConfigError, validate
 from .data import PromptStream, tokenize_prompts
 from .models import CausalLMWithValueHead, disable_dropout, freeze, prepare_tokenizer
@@ -203,7 +203,7 @@ class PPOTrainer:
         elif lr_scheduler is None:
             lr_scheduler = LambdaLR(optimizer, lambda _: 1.0)
         self.model, self.optimizer, self.lr_scheduler = acc.prepare(model, optimizer, lr_scheduler)
-        self.ref_model = ref.to(acc.device)
+        self.ref_model = zero.prepare_reference(acc, ref)
         self.engine = PPOEngine(cfg, acc, self.model, self.ref_model, self.optimizer, self.lr_scheduler, self.tokenizer, plan)
         self.gen_config = make_generation_config(cfg.rollout, self.tokenizer)
 
@@ -250,9 +250,9 @@ class PPOTrainer:
             generation_kwargs["max_new_tokens"] = int(length_sampler())
         gen = self._generation_config(generation_kwargs)
         chunk = len(queries) if single else max(1, int(batch_size))
-        policy = self.accelerator.unwrap_model(self.model)
-        policy.eval()
-        out = self._generate(policy, queries, gen, chunk, return_prompt)
+        with zero.gathered_for_generation(self.accelerator, self.model, self.cfg.rollout.gather_for_generation) as policy:
+            policy.eval()
+            out = self._generate(policy, queries, gen, chunk, return_prompt)
         ref = self._generate(self.ref_model, queries, gen, chunk, return_prompt) if generate_ref_response else None
         if single:
             out = out[0].unsqueeze(0)

@@ -93,6 +93,7 @@ class RolloutConfig:
     top_p: float = doc_field(1.0, "nucleus sampling; 1.0 = off")
     do_sample: bool = doc_field(True, "sample (true) or greedy decode (false)")
     generation_batch_size: int = doc_field(0, "prompts per generate() call on a process; 0 = the whole local batch")
+    gather_for_generation: bool = doc_field(True, "ZeRO-3: gather the policy once per rollout for generate (fast; needs the full model to fit on one device) instead of layer by layer at every token")
     forward_batch_size: int = doc_field(16, "samples per micro-batch for logprob/value passes on a process")
 
 

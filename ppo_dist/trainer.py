@@ -21,7 +21,7 @@ import torch
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from . import algos, distributed, tracking
+from . import algos, distributed, tracking, zero
 from .checkpoint import CheckpointManager
 from .config import BatchPlan, Config, validate
 from .data import PromptStream, load_prompt_dataset, tokenize_prompts
@@ -192,7 +192,12 @@ class PPOEngine:
         acc, max_norm = self.accelerator, self.cfg.optim.max_grad_norm
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm if max_norm else float("inf"))
         # Gradients are already all-reduced, so every process sees the same norm and skips together.
-        if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)).item():
+        finite = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)).item())
+        if not finite and zero.zero_stage(acc):
+            # The DeepSpeed engine has already stepped inside backward(): nothing left to skip.
+            raise FloatingPointError(f"non-finite gradient norm at step {self.global_step + 1} under DeepSpeed; "
+                                     "the update was applied, resume from the last checkpoint with a lower optim.lr")
+        if not finite:
             self.skipped_updates += 1
             logger.warning("non-finite gradient norm at step %d: optimiser update skipped", self.global_step)
         else:
@@ -278,6 +283,8 @@ class Trainer:
         self.cfg, self.plan = cfg, plan
         self.accelerator = acc = distributed.build_accelerator(cfg, plan)
         set_seed(cfg.train.seed)
+        logger.info("%s on %d process(es), device %s, ZeRO stage %d", acc.distributed_type.value, acc.num_processes,
+                    acc.device, zero.zero_stage(acc))
         self.tokenizer = load_tokenizer(cfg.model)
         self.dataset = load_prompt_dataset(cfg.data)
         prompt_ids = tokenize_prompts(self.dataset[cfg.data.prompt_column], self.tokenizer, cfg.data.max_prompt_length, cfg.data.truncation)
@@ -286,7 +293,7 @@ class Trainer:
         policy, ref = build_models(cfg.model, self.tokenizer)
         optimizer, scheduler = build_optimizer(cfg, policy, plan)
         model, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
-        ref = ref.to(acc.device)
+        ref = zero.prepare_reference(acc, ref)
         self.engine = PPOEngine(cfg, acc, model, ref, optimizer, scheduler, self.tokenizer, plan)
         self.gen_config = make_generation_config(cfg.rollout, self.tokenizer)
         self.checkpoints = CheckpointManager(acc, Path(cfg.train.output_dir) / "checkpoints", cfg.checkpoint.keep)
@@ -312,9 +319,8 @@ class Trainer:
         t0 = time.perf_counter()
         # 1. Rollout: sample responses for this process's prompts (seeded per step: exact resume).
         torch.manual_seed(_seed_for(cfg.train.seed, step, acc.process_index))
-        model = distributed.unwrap(acc, self.engine.model)
-        model.eval()
-        with acc.autocast():
+        with zero.gathered_for_generation(acc, self.engine.model, cfg.rollout.gather_for_generation) as model, acc.autocast():
+            model.eval()
             rollout = generate(model, batch.input_ids, self.tokenizer, self.gen_config, cfg.rollout.generation_batch_size)
         timings["time/rollout"] = time.perf_counter() - t0
         # 2. Reward on the decoded texts; every process agrees on failure before any collective.
