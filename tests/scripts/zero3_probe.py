@@ -8,6 +8,7 @@ holds, and the number of all-gather collectives issued during one rollout with
 
 import functools
 import json
+import os
 import sys
 
 import torch.distributed as dist
@@ -54,6 +55,10 @@ def main() -> None:
         print(json.dumps({"full": full, "held": held, "ref_full": ref_full, "ref_held": ref_held,
                           "gathers": counts, "n_params": len(list(model.parameters()))}), flush=True)
     trainer.close()
+    sys.stdout.flush()
+    # The measurement is printed; skip interpreter teardown, where DeepSpeed's CPU shared-memory
+    # comm threads occasionally abort a process that never trained (not seen with train.py).
+    os._exit(0)
 
 
 if __name__ == "__main__":
