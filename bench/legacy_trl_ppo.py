@@ -4,6 +4,7 @@ Runs inside bench/.venvs/legacy (created by bench/venvs.py); never in the projec
 
     python bench/venvs.py legacy
     bench/.venvs/legacy/bin/python bench/legacy_trl_ppo.py --shape 150k --steps 12
+    bench/.venvs/legacy/bin/python bench/legacy_trl_ppo.py --shape 150k --steps 2000 --target 1.0 --time-limit 240
     bench/.venvs/legacy/bin/python bench/legacy_trl_ppo.py --shape 124m --steps 4 --warmup 1 \
         --out bench/out/reference.jsonl --steps-out bench/out/legacy_124m_steps.jsonl
 
@@ -34,6 +35,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (and OMP_NUM_THREADS)")
     ap.add_argument("--model-dir", help="model dir (default bench/out/models/<shape>, built when absent)")
+    ap.add_argument("--target", type=float, help="also stop once the --ma-step moving-average reward reaches this")
+    ap.add_argument("--ma", type=int, default=5, help="moving-average window for --target, in steps")
+    ap.add_argument("--time-limit", type=float, help="stop after this many seconds of steps")
     ap.add_argument("--out", help="append the summary JSON line to this file")
     ap.add_argument("--steps-out", help="append the per-step JSON lines to this file")
     return ap.parse_args()
@@ -91,6 +95,8 @@ def main() -> None:
     encoded = {p: torch.tensor(tokenizer.encode(p), dtype=torch.long) for p in common.PROMPTS}
 
     records = []
+    reached = None  # (steps, seconds) when the moving-average reward first reached --target
+    t_loop = time.perf_counter()
     for step in range(args.steps):
         prompts = common.prompt_batch(step, S["batch_size"])
         query_tensors = [encoded[p] for p in prompts]
@@ -131,26 +137,50 @@ def main() -> None:
             "dropout_active_at_generate": dropout_at_generate,
             "sample": texts[0][:40],
         }
+        window = ([r["reward_mean"] for r in records] + [rec["reward_mean"]])[-args.ma :]
+        rec["ma"] = sum(window) / len(window)
         records.append(rec)
         print(common.json.dumps(rec, ensure_ascii=False), file=sys.stderr, flush=True)
         if args.steps_out:
             with open(args.steps_out, "a", encoding="utf-8") as f:
                 f.write(common.json.dumps(rec, ensure_ascii=False) + "\n")
+        elapsed = time.perf_counter() - t_loop
+        if args.target is not None and reached is None and len(records) >= args.ma and rec["ma"] >= args.target:
+            reached = (len(records), elapsed)
+            break
+        if args.time_limit is not None and elapsed > args.time_limit:
+            break
 
     # 6. Summary over the post-warm-up steps.
-    timed = records[args.warmup :]
+    timed = records[args.warmup :] or records
     k = min(5, len(records))
+    s_med = common.median([r["s"] for r in timed])
     summary = {
         "system": SYSTEM,
         "shape": args.shape,
         "params": n_params,
         "steps": len(timed),
         "warmup": args.warmup,
-        "s_per_step": common.median([r["s"] for r in timed]),
+        "s_per_step": s_med,
         "gen_s": common.median([r["gen_s"] for r in timed]),
         "reward_s": common.median([r["decode_s"] + r["reward_s"] for r in timed]),
         "opt_s": common.median([r["opt_s"] for r in timed]),
+        # steps slower than 3x the median: a sign of CPU contention from outside this process.
+        "slow_steps": sum(r["s"] > 3 * s_med for r in timed),
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
+        **(
+            {
+                "target": args.target,
+                "ma_window": args.ma,
+                "reached_target": reached is not None,
+                "steps_to_target": reached[0] if reached else None,
+                "time_to_target_s": reached[1] if reached else None,
+                "steps_run": len(records),
+                "best_ma": max(r["ma"] for r in records[args.ma - 1 :]) if len(records) >= args.ma else None,
+            }
+            if args.target is not None
+            else {}
+        ),
         "reward_first": records[0]["reward_mean"],
         "reward_last": records[-1]["reward_mean"],
         f"reward_ma{k}_first": sum(r["reward_mean"] for r in records[:k]) / k,

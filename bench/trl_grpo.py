@@ -184,16 +184,19 @@ def main() -> None:
     timed = rollouts[args.warmup :] or rollouts
     k = min(args.ma, len(rollouts))
     reached = state["reached_at"]
+    s_med = common.median([r["s"] for r in timed])
     summary = {
         "system": SYSTEM,
         "shape": args.shape,
         "params": n_params,
         "steps": len(timed),
         "warmup": args.warmup,
-        "s_per_step": common.median([r["s"] for r in timed]),
+        "s_per_step": s_med,
         "gen_s": common.median([r["gen_s"] for r in timed]),
         "reward_s": common.median([r.get("reward_s", 0.0) for r in timed]),
         "opt_s": common.median([r["opt_s"] for r in timed]),
+        # steps slower than 3x the median: a sign of CPU contention from outside this process.
+        "slow_steps": sum(r["s"] > 3 * s_med for r in timed),
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
         "target": args.target,
         "ma_window": args.ma,
