@@ -74,6 +74,7 @@ _UNSUPPORTED: dict[str, Any] = {
     "global_backward_batch_size": None, "global_batch_size": None,
 }
 _KL_PENALTY = {"kl": "k1", "k1": "k1", "k3": "k3"}
+_PRECISION = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
 class PPOConfig:
@@ -108,7 +109,11 @@ class PPOConfig:
         W = world_size
         cfg.rollout.batch_size = self.batch_size * W
         cfg.rollout.max_new_tokens = self.max_new_tokens
-        cfg.rollout.forward_batch_size = self.forward_batch_size or self.mini_batch_size
+        cfg.rollout.forward_batch_size = self.forward_batch_size or self.batch_size
+        precision = self.accelerator_kwargs.get("mixed_precision", "no")
+        if precision not in _PRECISION:
+            raise ConfigError(f"PPOConfig.accelerator_kwargs['mixed_precision']={precision!r}: use one of {sorted(_PRECISION)}")
+        cfg.model.dtype = _PRECISION[precision]
         p = cfg.ppo
         p.ppo_epochs, p.cliprange, p.cliprange_value, p.vf_coef = self.ppo_epochs, self.cliprange, self.cliprange_value, self.vf_coef
         p.gamma, p.lam, p.whiten_rewards = self.gamma, self.lam, self.whiten_rewards
