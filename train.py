@@ -17,8 +17,10 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
 
+    from ppo_dist.checkpoint import CheckpointError
     from ppo_dist.models import ModelLoadError
-    from ppo_dist.trainer import Trainer
+    from ppo_dist.rewards import RewardError
+    from ppo_dist.trainer import KLGuardError, NumericsError, Trainer
 
     try:
         trainer = Trainer(cfg)
@@ -27,6 +29,9 @@ def main(argv=None) -> int:
         return 2
     try:
         trainer.train()
+    except (RewardError, NumericsError, KLGuardError, CheckpointError) as e:  # already explained: no traceback
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     finally:
         trainer.close()
     return 0

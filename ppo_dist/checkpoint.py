@@ -15,6 +15,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .distributed import any_process
+
 logger = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
@@ -52,10 +54,17 @@ class CheckpointManager:
             except OSError as e:
                 raise CheckpointError(f"cannot create checkpoint directory {tmp}: {e}") from e
         acc.wait_for_everyone()
+        error = None
         try:
             acc.save_state(str(tmp))
-        except OSError as e:
-            raise CheckpointError(f"writing checkpoint {tmp} failed ({e}); previous checkpoints are intact") from e
+        except Exception as e:  # noqa: BLE001 - disk full, permissions, quota (OSError, or a serializer's own error type)
+            error = e
+        if any_process(acc, error is not None):  # every process stops together, none waits in a barrier
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            previous = complete_checkpoints(self.root)
+            intact = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no earlier checkpoint exists"
+            raise CheckpointError(f"writing checkpoint step_{step} to {tmp} failed: {error or 'on another process'}; {intact}")
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / COMPLETE).write_text(str(step))

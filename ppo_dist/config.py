@@ -175,6 +175,10 @@ class TrainConfig:
     output_dir: str = doc_field("runs/default", "where the final model, logs and checkpoints go")
     save_final_model: bool = doc_field(True, "save the final policy + tokenizer with save_pretrained")
     collective_timeout: int = doc_field(1800, "seconds a process waits in a collective before failing (dead peer)")
+    max_bad_steps: int = doc_field(3, "stop (NumericsError) after this many consecutive PPO steps with skipped updates or non-finite statistics")
+    max_kl: float | None = doc_field(None, "KL guard: sequence KL to the reference (objective/kl, nats) above which train.kl_guard acts; empty = off")
+    min_entropy: float | None = doc_field(None, "KL guard: objective/entropy (nats per response) below which train.kl_guard acts; empty = off")
+    kl_guard: str = doc_field("stop", "when train.max_kl / train.min_entropy is crossed: warn (log, go on) | stop (KLGuardError; that step is not checkpointed)")
 
 
 @dataclass
@@ -390,6 +394,9 @@ def validate(cfg: Config, world_size: int = 1) -> BatchPlan:
     _check(o.lr_scheduler in ("constant", "linear", "cosine"), f"optim.lr_scheduler must be constant, linear or cosine, got {o.lr_scheduler!r}")
     _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
+    _check(t.max_bad_steps > 0, f"train.max_bad_steps must be > 0, got {t.max_bad_steps}")
+    _check(t.max_kl is None or t.max_kl > 0, f"train.max_kl must be > 0 or empty, got {t.max_kl}")
+    _check(t.kl_guard in ("warn", "stop"), f"train.kl_guard must be warn or stop, got {t.kl_guard!r}")
     _check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
     _check(lg.samples_every >= 0, f"log.samples_every must be >= 0, got {lg.samples_every}")
     _check(ck.every >= 0 and ck.keep > 0, f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}")

@@ -61,6 +61,15 @@ def any_process(accelerator: Accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(t, reduction="sum").item() > 0)
 
 
+def gather_strings(accelerator: Accelerator, text: str) -> list[str]:
+    """One string from every process, in rank order (only for rare events: it pickles)."""
+    if accelerator.num_processes == 1:
+        return [text]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([text]))
+
+
 def reduce_max(accelerator: Accelerator, t: torch.Tensor) -> torch.Tensor:
     return t if accelerator.num_processes == 1 else accelerator.reduce(t, reduction="max")
 

@@ -137,6 +137,8 @@ def load_tokenizer(cfg: ModelConfig):
     if source is None:
         tokenizer = load_embedded_tokenizer()
     else:
+        if str(source).startswith((".", "/", "~")) and not Path(source).expanduser().exists():
+            raise ModelLoadError(f"model path {source!r} does not exist")
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
         except (OSError, ValueError) as e:

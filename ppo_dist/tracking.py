@@ -17,9 +17,13 @@ import importlib.util
 import resource
 import sys
 
+import logging
+
 import torch
 
 from .config import Config, ConfigError
+
+logger = logging.getLogger(__name__)
 
 HEADLINE_METRICS = ("env/reward_mean", "objective/kl", "ppo/loss/total", "objective/entropy")
 # accelerate's tracker name -> the package it needs
@@ -99,8 +103,12 @@ class RunTracker:
         writer = self._tb
         if writer is None:
             return
-        writer.add_histogram("env/reward_dist", rewards.detach().float().cpu(), step)
-        writer.add_histogram("tokens/responses_len_dist", response_lengths.detach().float().cpu(), step)
+        for tag, values in (("env/reward_dist", rewards), ("tokens/responses_len_dist", response_lengths)):
+            values = values.detach().double().cpu()
+            try:
+                writer.add_histogram(tag, values[values.isfinite()], step)
+            except ValueError as e:  # tensorboard cannot bin e.g. values near the float limits
+                logger.warning("histogram %s not written at step %d: %s", tag, step, e)
         if samples is not None:
             writer.add_text("samples", sample_table(samples["prompts"], samples["completions"], samples["rewards"]), step)
         writer.flush()

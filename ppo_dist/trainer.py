@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from . import algos, distributed, tracking, zero
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, complete_checkpoints
 from .config import BatchPlan, Config, validate
 from .data import PromptStream, load_prompt_dataset, tokenize_prompts
 from .models import build_models, load_tokenizer
@@ -32,6 +33,14 @@ from .rollout import Rollout, batched_forward, forward_response, generate, make_
 logger = logging.getLogger(__name__)
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint saved on a signal; the launcher should requeue
+
+
+class NumericsError(FloatingPointError):
+    """``train.max_bad_steps`` consecutive PPO steps had skipped updates or non-finite statistics."""
+
+
+class KLGuardError(RuntimeError):
+    """The policy drifted past ``train.max_kl`` / below ``train.min_entropy`` with ``train.kl_guard: stop``."""
 
 
 class Preempted(SystemExit):
@@ -199,7 +208,7 @@ class PPOEngine:
                                      "the update was applied, resume from the last checkpoint with a lower optim.lr")
         if not finite:
             self.skipped_updates += 1
-            logger.warning("non-finite gradient norm at step %d: optimiser update skipped", self.global_step)
+            logger.warning("non-finite gradient norm at step %d: optimiser update skipped", self.global_step + 1)
         else:
             self.optimizer.step()
             self.scheduler.step()
@@ -214,7 +223,8 @@ class PPOEngine:
         advantages, returns, kl, non_score = self.advantages(batch)
         train_metrics = self.optimize(batch, advantages, returns)
         stats = self._stats(batch, kl, non_score, returns, train_metrics)
-        self.kl_ctl.update(stats["objective/kl"], self.plan.batch_size)
+        if math.isfinite(stats["objective/kl"]):  # a bad step must not poison the KL coefficient
+            self.kl_ctl.update(stats["objective/kl"], self.plan.batch_size)
         self.global_step += 1
         return stats
 
@@ -282,6 +292,7 @@ class Trainer:
     def __init__(self, cfg: Config, reward: Reward | None = None):
         plan = validate(cfg, distributed.world_size_from_env())  # before any model is loaded
         tracking.check_trackers(cfg.log.trackers)
+        _check_writable(Path(cfg.train.output_dir))
         self.cfg, self.plan = cfg, plan
         self.accelerator = acc = distributed.build_accelerator(cfg, plan)
         set_seed(cfg.train.seed)
@@ -302,6 +313,7 @@ class Trainer:
         acc.register_for_checkpointing(self)  # engine state (step, KL controller) travels with save_state
         self.tracker = tracking.RunTracker(acc, cfg)
         self._stop_signal: int | None = None
+        self.bad_steps = 0  # consecutive
         self.history: list[dict[str, float]] = []
 
     # accelerate's register_for_checkpointing protocol
@@ -334,7 +346,12 @@ class Trainer:
         except RewardError as e:
             error, components = e, None
         if distributed.any_process(acc, error is not None):
-            raise error or RewardError(f"a reward function failed on another process at step {step}")
+            # Every process raises the same, full message (one pickled gather, on failure only).
+            local = "" if error is None else str(error) + ("" if "completion" in str(error) else
+                                                           f" (first completion of the batch: {completions[0][:80]!r})")
+            messages = distributed.gather_strings(acc, local)
+            failed = [f"process {r}: {m}" for r, m in enumerate(messages) if m]
+            raise RewardError(f"reward failed at step {step + 1} on {'; '.join(failed)}") from error
         timings["time/reward"] = time.perf_counter() - t0
         samples = {"prompts": batch.texts, "completions": completions}
         return rollout, components, timings, samples
@@ -352,6 +369,7 @@ class Trainer:
                 t_step = time.perf_counter()
                 tracking.reset_peak_memory(acc.device)
                 rollout, components, timings, samples = self.rollout_step(step)
+                skipped_before = self.engine.skipped_updates
                 t0 = time.perf_counter()
                 stats = self.engine.step(rollout, components["score"], components.get("valid"))
                 timings["time/optimize"] = time.perf_counter() - t0
@@ -369,9 +387,10 @@ class Trainer:
                     progress.update(1)
                     progress.set_postfix(reward=f"{stats['env/reward_mean']:.3f}", kl=f"{stats['objective/kl']:.3f}",
                                          tok_s=f"{stats['throughput/tokens_per_s']:.0f}")
-                self._check_numerics(stats, step)
+                bad = self._check_numerics(stats, step, skipped_before)
+                self._kl_guard(stats, step)
                 done = step + 1 == cfg.train.total_steps
-                if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and not done:
+                if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and not done and not bad:
                     self.checkpoints.save(step + 1)
                 if stop:
                     self.checkpoints.save(step + 1)
@@ -410,10 +429,41 @@ class Trainer:
         means = distributed.gather_1d(acc, local).nanmean(0).tolist()
         return {f"env/reward/{k}": v for k, v in zip(names, means)}
 
-    def _check_numerics(self, stats: dict, step: int) -> None:
-        bad = [k for k in ("ppo/loss/total", "objective/kl", "env/reward_mean") if not math.isfinite(stats[k])]
-        if bad:
-            raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step + 1}; lower optim.lr or check the reward")
+    def _check_numerics(self, stats: dict, step: int, skipped_before: int) -> bool:
+        """True for a bad step (an optimiser update skipped, or non-finite statistics); raises
+        NumericsError after ``train.max_bad_steps`` in a row. Stats are global: every process agrees."""
+        skipped = self.engine.skipped_updates - skipped_before
+        nonfinite = [k for k in ("ppo/loss/total", "objective/kl", "env/reward_mean") if not math.isfinite(stats[k])]
+        if not skipped and not nonfinite:
+            self.bad_steps = 0
+            return False
+        self.bad_steps += 1
+        what = ", ".join([f"{skipped} optimiser update(s) skipped (non-finite gradients)"] * bool(skipped) +
+                         [f"non-finite {', '.join(nonfinite)}"] * bool(nonfinite))
+        limit = self.cfg.train.max_bad_steps
+        if self.bad_steps >= limit:
+            saved = complete_checkpoints(self.checkpoints.root)
+            raise NumericsError(f"{self.bad_steps} bad PPO steps in a row (last: step {step + 1}: {what}); "
+                                f"lower optim.lr or check the reward scale. Last checkpoint: "
+                                f"{saved[-1][1] if saved else 'none'} (bad steps are never checkpointed)")
+        logger.warning("bad PPO step %d (%d/%d in a row): %s; not checkpointed", step + 1, self.bad_steps, limit, what)
+        return True
+
+    def _kl_guard(self, stats: dict, step: int) -> None:
+        t = self.cfg.train
+        problems = []
+        if t.max_kl is not None and stats["objective/kl"] > t.max_kl:
+            problems.append(f"objective/kl={stats['objective/kl']:.3g} > train.max_kl={t.max_kl}")
+        if t.min_entropy is not None and stats["objective/entropy"] < t.min_entropy:
+            problems.append(f"objective/entropy={stats['objective/entropy']:.3g} < train.min_entropy={t.min_entropy}")
+        if not problems:
+            return
+        message = f"KL guard at step {step + 1}: {'; '.join(problems)} (the policy is drifting from the reference or collapsing)"
+        if t.kl_guard == "stop":
+            saved = complete_checkpoints(self.checkpoints.root)
+            raise KLGuardError(f"{message}; stopped. Last checkpoint: {saved[-1][1] if saved else 'none'}. "
+                               "Lower optim.lr or raise ppo.kl_coef")
+        logger.warning("%s; going on (train.kl_guard=warn)", message)
 
     def save_model(self, path: Path) -> None:
         acc = self.accelerator
@@ -443,6 +493,19 @@ class Trainer:
 
     def close(self) -> None:
         distributed.shutdown(self.accelerator)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before any model loads when ``train.output_dir`` cannot hold checkpoints."""
+    from .config import ConfigError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"train.output_dir={str(path)!r} is not writable: {e.strerror or e}") from None
 
 
 def _progress(acc, cfg: Config, start: int):
