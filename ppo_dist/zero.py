@@ -47,6 +47,13 @@ def deepspeed_plugin(cfg: Config, plan: BatchPlan):
         # Consolidate the sharded weights (in the training dtype) when the final model is saved.
         ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
         plugin.zero3_save_16bit_model = True
+    offload = ds["zero_optimization"].get("offload_optimizer", {}).get("device", "none")
+    if offload not in (None, "none") and "zero_force_ds_cpu_optimizer" not in ds:
+        # Otherwise accelerate swaps our AdamW for DeepSpeedCPUAdam (a JIT-compiled op) while the LR
+        # scheduler keeps pointing at the discarded AdamW: the two share param_group dicts only until a
+        # checkpoint is loaded, after which a resumed run trains at a frozen LR. DeepSpeed steps the
+        # client optimizer on the CPU master weights just as well. A DeepSpeed JSON may set it true.
+        ds["zero_force_ds_cpu_optimizer"] = False
     plugin.gradient_accumulation_steps = plan.gradient_accumulation_steps
     plugin.gradient_clipping = clip
     for name in ("fp16", "bf16"):
