@@ -14,8 +14,11 @@ from the same dir), runs one rollout + PPO update and measures on every rank:
   (tensors that are not the model's own parameters);
 - ``setup_peak_rss_mb``: peak RSS while building models and engines (under ZeRO-3 without
   zero.Init every rank builds the whole model on the host first);
-- ``step_peak_rss_mb``: peak RSS during the PPO step alone (the kernel's high-water mark is reset
-  through /proc/self/clear_refs after setup); on a GPU machine also ``step_peak_gpu_mb``.
+- ``rollout_peak_rss_mb`` / ``update_peak_rss_mb`` / ``step_peak_rss_mb``: peak RSS during the
+  rollout (generation, reward), during the PPO update (logprob/value passes, backward, optimizer), and
+  the larger of the two (the kernel's high-water mark is reset through /proc/self/clear_refs between
+  phases; ``--trim`` first returns memory freed during setup to the OS with glibc's malloc_trim);
+  on a GPU machine also ``step_peak_gpu_mb``.
 
 Prints one JSON line per mode (max over ranks, and each rank's numbers), then a Markdown table.
 """
@@ -23,6 +26,7 @@ Prints one JSON line per mode (max over ranks, and each rank's numbers), then a 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -57,6 +61,8 @@ def _held_bytes(module) -> int:
     for p in module.parameters():
         local = p.ds_tensor if hasattr(p, "ds_tensor") else p  # ZeRO-3: this rank's shard
         total += local.numel() * local.element_size()
+        if getattr(p, "ds_persist", False):  # ZeRO-3 keeps small parameters gathered as well
+            total += p.ds_numel * p.element_size()
     return total
 
 
@@ -96,11 +102,16 @@ def worker(args) -> None:
     trainer = Trainer(cfg)
     acc, engine = trainer.accelerator, trainer.engine
     setup_peak = _rss_mb("VmHWM")
+    if args.trim:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed setup memory (full copies before sharding) back
     _reset_peak_rss()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     rollout, components, _, _ = trainer.rollout_step(0)
+    rollout_peak = _rss_mb("VmHWM")
+    _reset_peak_rss()
     stats = engine.step(rollout, components["score"], components.get("valid"))
+    update_peak = _rss_mb("VmHWM")
     record = {
         "rank": acc.process_index,
         "policy_param_bytes": _held_bytes(engine.model),
@@ -108,7 +119,9 @@ def worker(args) -> None:
         "ref_param_bytes": _held_bytes(engine.ref_model),
         "optim_bytes": _optimizer_bytes(engine.optimizer, engine.model),
         "setup_peak_rss_mb": round(setup_peak, 1),
-        "step_peak_rss_mb": round(_rss_mb("VmHWM"), 1),
+        "rollout_peak_rss_mb": round(rollout_peak, 1),
+        "update_peak_rss_mb": round(update_peak, 1),
+        "step_peak_rss_mb": round(max(rollout_peak, update_peak), 1),
         "rss_after_step_mb": round(_rss_mb("VmRSS"), 1),
         "loss": stats["ppo/loss/total"],
     }
@@ -128,13 +141,14 @@ def run_mode(mode: str, args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / f"{mode}.yaml"),
                "--num_processes", "2", "--main_process_port", str(args.port), str(Path(__file__).resolve()), "--worker",
-               "--shape", args.shape, "--max-new-tokens", str(args.max_new_tokens), "--output-dir", out]
+               "--shape", args.shape, *(["--trim"] if args.trim else []), "--max-new-tokens", str(args.max_new_tokens), "--output-dir", out]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{mode}: {' '.join(cmd)} exited {proc.returncode}\n{proc.stderr[-4000:]}")
     ranks = json.loads(lines[-1][len("RESULT "):])
-    keys = ["policy_param_bytes", "ref_param_bytes", "optim_bytes", "setup_peak_rss_mb", "step_peak_rss_mb", "step_peak_gpu_mb"]
+    keys = ["policy_param_bytes", "ref_param_bytes", "optim_bytes", "setup_peak_rss_mb", "rollout_peak_rss_mb",
+            "update_peak_rss_mb", "step_peak_rss_mb", "step_peak_gpu_mb"]
     summary = {"mode": mode, "shape": args.shape, "processes": 2, "device": "cuda" if _cuda() else "cpu",
                "policy_full_bytes": ranks[0]["policy_full_bytes"]}
     summary.update({k: max(r[k] for r in ranks) for k in keys if k in ranks[0]})
@@ -166,6 +180,7 @@ def main() -> None:
     ap.add_argument("--shape", choices=list(common.SHAPES), default="124m")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--port", type=int, default=29533)
+    ap.add_argument("--trim", action="store_true", help="glibc malloc_trim(0) after setup, before the step is measured")
     ap.add_argument("--out", help="append each JSON line to this file")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--output-dir", help=argparse.SUPPRESS)
