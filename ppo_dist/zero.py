@@ -16,6 +16,9 @@ from typing import Any
 from .config import BatchPlan, Config, ConfigError
 
 
+ZERO3_SIZED_KEYS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
+
+
 def deepspeed_requested() -> bool:
     """True when ``accelerate launch`` was given a DeepSpeed config."""
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
@@ -47,6 +50,17 @@ def deepspeed_plugin(cfg: Config, plan: BatchPlan):
         # Consolidate the sharded weights (in the training dtype) when the final model is saved.
         ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
         plugin.zero3_save_16bit_model = True
+        # Buffer sizes from the model's hidden size (filled by accelerate at prepare) instead of
+        # DeepSpeed's fixed defaults (500M-element reduce bucket, 50M-element prefetch bucket).
+        for key in ZERO3_SIZED_KEYS:
+            ds["zero_optimization"].setdefault(key, "auto")
+    offload = ds["zero_optimization"].get("offload_optimizer", {}).get("device", "none")
+    if offload not in (None, "none") and "zero_force_ds_cpu_optimizer" not in ds:
+        # Otherwise accelerate swaps our AdamW for DeepSpeedCPUAdam (a JIT-compiled op) while the LR
+        # scheduler keeps pointing at the discarded AdamW: the two share param_group dicts only until a
+        # checkpoint is loaded, after which a resumed run trains at a frozen LR. DeepSpeed steps the
+        # client optimizer on the CPU master weights just as well. A DeepSpeed JSON may set it true.
+        ds["zero_force_ds_cpu_optimizer"] = False
     plugin.gradient_accumulation_steps = plan.gradient_accumulation_steps
     plugin.gradient_clipping = clip
     for name in ("fp16", "bf16"):
@@ -75,7 +89,8 @@ def prepare_reference(accelerator, ref_model):
         "train_micro_batch_size_per_gpu": ds["train_micro_batch_size_per_gpu"],
         "train_batch_size": ds["train_batch_size"],
         "gradient_accumulation_steps": ds["gradient_accumulation_steps"],
-        "zero_optimization": {"stage": 3, "offload_param": ds["zero_optimization"].get("offload_param", {"device": "none"})},
+        "zero_optimization": {"stage": 3, "offload_param": ds["zero_optimization"].get("offload_param", {"device": "none"}),
+                              **{k: ds["zero_optimization"][k] for k in ZERO3_SIZED_KEYS[1:] if k in ds["zero_optimization"]}},
         "fp16": {"enabled": bool(ds.get("fp16", {}).get("enabled", False) is True)},
         "bf16": {"enabled": bool(ds.get("bf16", {}).get("enabled", False) is True)},
         "steps_per_print": 10**12,
