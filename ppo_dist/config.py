@@ -86,7 +86,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    batch_size: int = doc_field(8, "global prompts per PPO step, over all processes")
+    batch_size: int = doc_field(32, "global prompts per PPO step, over all processes")
     max_new_tokens: int = doc_field(32, "tokens sampled per response at most")
     temperature: float = doc_field(1.0, "sampling temperature")
     top_k: int = doc_field(0, "top-k sampling; 0 = off")
@@ -99,7 +99,7 @@ class RolloutConfig:
 @dataclass
 class PPOConfig:
     ppo_epochs: int = doc_field(4, "optimisation passes over each rollout batch")
-    mini_batch_size: int = doc_field(2, "global samples per optimiser step")
+    mini_batch_size: int = doc_field(8, "global samples per optimiser step")
     gradient_accumulation_steps: int = doc_field(1, "micro-batches accumulated per optimiser step on each process")
     shuffle: bool = doc_field(True, "reshuffle mini-batches every PPO epoch (seeded, identical on all processes)")
     cliprange: float = doc_field(0.2, "policy ratio clip epsilon")
@@ -108,19 +108,18 @@ class PPOConfig:
     entropy_coef: float = doc_field(0.0, "entropy bonus coefficient")
     gamma: float = doc_field(1.0, "discount factor")
     lam: float = doc_field(0.95, "GAE lambda")
-    kl_coef: float = doc_field(0.2, "initial KL penalty coefficient")
+    kl_coef: float = doc_field(0.05, "initial KL penalty coefficient")
     kl_estimator: str = doc_field("k1", "per-token KL estimator: k1 (logp - ref_logp) | k3 (Schulman's unbiased, >= 0)")
     adaptive_kl: bool = doc_field(True, "adapt kl_coef towards kl_target (Ziegler et al. 2019)")
     kl_target: float = doc_field(6.0, "adaptive KL: target sequence KL")
     kl_horizon: float = doc_field(10000.0, "adaptive KL: horizon in samples")
     whiten_advantages: bool = doc_field(True, "normalise advantages over all valid tokens of all processes")
     whiten_rewards: bool = doc_field(False, "normalise per-token rewards (shift kept) before GAE")
-    score_clip: float | None = doc_field(None, "clip scores to [-score_clip, score_clip]; empty = off")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = doc_field(1.41e-5, "AdamW learning rate")
+    lr: float = doc_field(1e-4, "AdamW learning rate")
     weight_decay: float = doc_field(0.0, "AdamW weight decay")
     adam_beta1: float = doc_field(0.9, "AdamW beta1")
     adam_beta2: float = doc_field(0.999, "AdamW beta2")
@@ -132,16 +131,49 @@ class OptimConfig:
 
 @dataclass
 class RewardConfig:
-    functions: list = doc_field(["chinese_rule"], "reward functions (built-in name, module:fn or file.py:fn)")
+    functions: list = doc_field(["chinese_rule"], "reward functions: built-in name, module:fn, file.py:fn, reward_model, http or an http(s):// URL")
     weights: list | None = doc_field(None, "one weight per function; empty = all 1.0")
+    timeout: float = doc_field(60.0, "seconds one reward function call may take before it fails (RewardError)")
+    on_invalid: str = doc_field("error", "NaN/inf/None/non-number reward value: error (raise) | skip_sample (drop the sample, count it)")
+    length_target: int = doc_field(50, "built-in length: characters that earn the full 1.0")
+    words: list = doc_field([], "built-in contains_any: 1.0 when the completion contains any of these words")
+    model_path: str | None = doc_field(None, "reward_model: local dir of a sequence-classification model (num_labels=1) and its tokenizer")
+    model_max_length: int = doc_field(512, "reward_model: tokens scored per prompt+completion, truncated from the left")
+    model_batch_size: int = doc_field(16, "reward_model: texts per forward pass on a process")
+    url: str | None = doc_field(None, "http: reward service URL, POSTed {prompts, completions, <columns>}, answers {rewards}")
+    http_timeout: float = doc_field(10.0, "http: seconds per request attempt")
+    http_retries: int = doc_field(3, "http: extra attempts after a connection error, timeout or 5xx (never after a 4xx)")
+    http_backoff: float = doc_field(0.5, "http: seconds before the first retry, doubled for each further one")
+    no_eos_penalty: float | None = doc_field(None, "added to the score of responses that never produced EOS (use a negative value); empty = off")
+    scale: float = doc_field(1.0, "scores are multiplied by this (after the EOS penalty)")
+    normalize: bool = doc_field(False, "standardise scores with running mean/std over all processes and steps")
+    clip: float | None = doc_field(None, "clip final scores to [-clip, clip]; empty = off")
+
+    def validate(self) -> None:
+        """Reward-section checks; ``validate(cfg)`` calls this."""
+        fns, w = self.functions, self.weights
+        _check(len(fns) > 0, "reward.functions must name at least one reward")
+        _check(w is None or len(w) == len(fns), f"reward.weights has {0 if w is None else len(w)} entries but reward.functions has {len(fns)}")
+        _check(self.timeout > 0, f"reward.timeout must be > 0 seconds, got {self.timeout}")
+        _check(self.on_invalid in ("error", "skip_sample"), f"reward.on_invalid must be error or skip_sample, got {self.on_invalid!r}")
+        _check(self.length_target > 0, f"reward.length_target must be > 0, got {self.length_target}")
+        _check("contains_any" not in fns or len(self.words) > 0, "reward.functions has contains_any but reward.words is empty")
+        _check("reward_model" not in fns or bool(self.model_path), "reward.functions has reward_model but reward.model_path is empty")
+        _check(self.model_max_length > 0 and self.model_batch_size > 0, "reward.model_max_length and reward.model_batch_size must be > 0")
+        _check("http" not in fns or bool(self.url), "reward.functions has http but reward.url is empty")
+        _check(self.http_timeout > 0 and self.http_retries >= 0 and self.http_backoff >= 0,
+               f"reward.http_timeout must be > 0, http_retries and http_backoff >= 0, got {self.http_timeout}, {self.http_retries}, {self.http_backoff}")
+        _check(self.scale > 0, f"reward.scale must be > 0, got {self.scale}")
+        _check(self.clip is None or self.clip > 0, f"reward.clip must be > 0 or empty, got {self.clip}")
 
 
 @dataclass
 class TrainConfig:
-    total_steps: int = doc_field(100, "PPO steps to run (the data cycles as needed)")
+    total_steps: int = doc_field(150, "PPO steps to run (the data cycles as needed)")
     seed: int = doc_field(42, "seed for models, data order, sampling and mini-batches")
     output_dir: str = doc_field("runs/default", "where the final model, logs and checkpoints go")
     save_final_model: bool = doc_field(True, "save the final policy + tokenizer with save_pretrained")
+    collective_timeout: int = doc_field(1800, "seconds a process waits in a collective before failing (dead peer)")
 
 
 @dataclass
@@ -358,8 +390,5 @@ def validate(cfg: Config, world_size: int = 1) -> BatchPlan:
     _check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
     _check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
     _check(ck.every >= 0 and ck.keep > 0, f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}")
-    weights = cfg.reward.weights
-    _check(weights is None or len(weights) == len(cfg.reward.functions),
-           f"reward.weights has {0 if weights is None else len(weights)} entries but reward.functions has {len(cfg.reward.functions)}")
-    _check(len(cfg.reward.functions) > 0, "reward.functions must name at least one reward")
+    cfg.reward.validate()
     return plan_batches(cfg, world_size)

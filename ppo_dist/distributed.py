@@ -1,0 +1,73 @@
+"""The one place that talks to accelerate / DeepSpeed specifics."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+
+from .config import BatchPlan, Config
+
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def world_size_from_env() -> int:
+    """World size as set by ``accelerate launch`` / torchrun, known before any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def build_accelerator(cfg: Config, plan: BatchPlan) -> Accelerator:
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    pg_kwargs = InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=cfg.train.collective_timeout))
+    trackers = list(cfg.log.trackers) or None
+    accelerator = Accelerator(
+        mixed_precision=MIXED_PRECISION[cfg.model.dtype],
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        step_scheduler_with_optimizer=False,  # stepped by hand, once per optimiser step, on every world size
+        log_with=trackers,
+        project_dir=cfg.train.output_dir,
+        kwargs_handlers=[pg_kwargs] if plan.world_size > 1 else [],
+    )
+    if accelerator.num_processes != plan.world_size:
+        raise RuntimeError(
+            f"the launcher reported WORLD_SIZE={plan.world_size} but accelerate started {accelerator.num_processes} processes"
+        )
+    return accelerator
+
+
+def gather_padded(accelerator: Accelerator, t: torch.Tensor, pad_value: float | int = 0, pad_first: bool = False) -> torch.Tensor:
+    """Concatenate a ``(B_local, T_local)`` tensor from every process along dim 0, padding dim 1."""
+    if accelerator.num_processes == 1:
+        return t
+    t = accelerator.pad_across_processes(t.contiguous(), dim=1, pad_index=pad_value, pad_first=pad_first)
+    return accelerator.gather(t)
+
+
+def gather_1d(accelerator: Accelerator, t: torch.Tensor) -> torch.Tensor:
+    return t if accelerator.num_processes == 1 else accelerator.gather(t.contiguous())
+
+
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every process when ``flag`` is true on at least one (one small all-reduce)."""
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+
+
+def reduce_sum(accelerator: Accelerator, t: torch.Tensor) -> torch.Tensor:
+    return t if accelerator.num_processes == 1 else accelerator.reduce(t, reduction="sum")
+
+
+def unwrap(accelerator: Accelerator, model):
+    return accelerator.unwrap_model(model)
+
+
+def shutdown(accelerator: Accelerator) -> None:
+    """End trackers and destroy the process group so gloo does not abort at interpreter exit."""
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

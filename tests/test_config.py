@@ -1,0 +1,69 @@
+"""Config loading, overrides, help and validation — all before any model is loaded."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ppo_dist.config import Config, ConfigError, from_dict, parse_args, validate
+
+from .launch import REPO
+
+
+def test_yaml_then_cli_overrides(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("ppo:\n  cliprange: 0.3\n  vf_coef: 0.5\nrollout:\n  batch_size: 16\n")
+    cfg = parse_args(["--config", str(f), "--ppo.cliprange", "0.1", "--reward.functions", "[chinese_rule, length]"])
+    assert cfg.ppo.cliprange == 0.1 and cfg.ppo.vf_coef == 0.5 and cfg.rollout.batch_size == 16
+    assert cfg.reward.functions == ["chinese_rule", "length"]
+
+
+def test_unknown_key_suggests_close_match(tmp_path):
+    with pytest.raises(ConfigError, match=r"ppo\.clip_range.*Did you mean: cliprange"):
+        from_dict({"ppo": {"clip_range": 0.2}})
+    with pytest.raises(ConfigError, match="unknown argument '--ppo.clipprange'.*--ppo.cliprange"):
+        parse_args(["--ppo.clipprange", "0.1"])
+
+
+def test_wrong_type_names_field_and_value():
+    with pytest.raises(ConfigError, match=r"rollout.batch_size: expected int, got str 'eight'"):
+        from_dict({"rollout": {"batch_size": "eight"}})
+
+
+@pytest.mark.parametrize(
+    "section,values,world,message",
+    [
+        ("ppo", {"mini_batch_size": 3}, 1, r"rollout.batch_size=32 must be divisible by ppo.mini_batch_size=3"),
+        ("rollout", {"batch_size": 6}, 4, r"rollout.batch_size=6 must be divisible by the world size=4"),
+        ("ppo", {"mini_batch_size": 2, "gradient_accumulation_steps": 2}, 2, r"ppo.mini_batch_size/world_size=1 must be divisible by ppo.gradient_accumulation_steps=2"),
+        ("ppo", {"kl_estimator": "k7"}, 1, "ppo.kl_estimator must be k1 or k3"),
+    ],
+)
+def test_batch_arithmetic_and_values_are_checked(section, values, world, message):
+    cfg = from_dict({section: values})
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg, world)
+
+
+def test_default_batch_plan():
+    plan = validate(Config(), world_size=2)
+    assert (plan.local_batch_size, plan.local_mini_batch_size, plan.local_micro_batch_size, plan.num_mini_batches) == (16, 4, 4, 4)
+
+
+def test_help_documents_every_field():
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    cfg = Config()
+    for section, fields in cfg.to_dict().items():
+        for name in fields:
+            assert f"--{section}.{name}" in out, name
+    flat = " ".join(out.split())
+    assert "PPO steps to run (the data cycles as needed) (default: 150)" in flat
+
+
+def test_bad_batch_arithmetic_fails_fast_naming_both_numbers():
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "train.py", "--ppo.mini_batch_size", "3"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert time.time() - t0 < 5
+    assert proc.returncode != 0
+    assert "rollout.batch_size=32" in proc.stderr and "ppo.mini_batch_size=3" in proc.stderr
