@@ -93,6 +93,7 @@ class RolloutConfig:
     top_p: float = doc_field(1.0, "nucleus sampling; 1.0 = off")
     do_sample: bool = doc_field(True, "sample (true) or greedy decode (false)")
     generation_batch_size: int = doc_field(0, "prompts per generate() call on a process; 0 = the whole local batch")
+    gather_for_generation: bool = doc_field(True, "ZeRO-3: gather the policy once per rollout for generate (fast; needs the full model to fit on one device) instead of layer by layer at every token")
     forward_batch_size: int = doc_field(16, "samples per micro-batch for logprob/value passes on a process")
 
 
@@ -181,6 +182,7 @@ class LogConfig:
     log_every: int = doc_field(1, "write scalars every N PPO steps")
     trackers: list = doc_field(["tensorboard"], "accelerate trackers: tensorboard, wandb, mlflow, ... ([] = none)")
     project_name: str = doc_field("ppo_dist", "tracker project / run name")
+    samples_every: int = doc_field(10, "TensorBoard: a table of sample prompts/completions/rewards every N steps; 0 = never")
     progress_bar: bool = doc_field(True, "show a progress bar on the main process")
 
 
@@ -389,6 +391,7 @@ def validate(cfg: Config, world_size: int = 1) -> BatchPlan:
     _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
     _check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
+    _check(lg.samples_every >= 0, f"log.samples_every must be >= 0, got {lg.samples_every}")
     _check(ck.every >= 0 and ck.keep > 0, f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}")
     cfg.reward.validate()
     return plan_batches(cfg, world_size)

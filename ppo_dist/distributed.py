@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
+from . import zero
 from .config import BatchPlan, Config
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -23,13 +24,15 @@ def build_accelerator(cfg: Config, plan: BatchPlan) -> Accelerator:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     pg_kwargs = InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=cfg.train.collective_timeout))
     trackers = list(cfg.log.trackers) or None
+    plugin = zero.deepspeed_plugin(cfg, plan) if zero.deepspeed_requested() else None
     accelerator = Accelerator(
+        deepspeed_plugin=plugin,
         mixed_precision=MIXED_PRECISION[cfg.model.dtype],
         gradient_accumulation_steps=plan.gradient_accumulation_steps,
         step_scheduler_with_optimizer=False,  # stepped by hand, once per optimiser step, on every world size
         log_with=trackers,
         project_dir=cfg.train.output_dir,
-        kwargs_handlers=[pg_kwargs] if plan.world_size > 1 else [],
+        kwargs_handlers=[pg_kwargs] if plan.world_size > 1 or plugin is not None else [],
     )
     if accelerator.num_processes != plan.world_size:
         raise RuntimeError(
@@ -58,6 +61,10 @@ def any_process(accelerator: Accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(t, reduction="sum").item() > 0)
 
 
+def reduce_max(accelerator: Accelerator, t: torch.Tensor) -> torch.Tensor:
+    return t if accelerator.num_processes == 1 else accelerator.reduce(t, reduction="max")
+
+
 def reduce_sum(accelerator: Accelerator, t: torch.Tensor) -> torch.Tensor:
     return t if accelerator.num_processes == 1 else accelerator.reduce(t, reduction="sum")
 
@@ -70,4 +77,5 @@ def shutdown(accelerator: Accelerator) -> None:
     """End trackers and destroy the process group so gloo does not abort at interpreter exit."""
     accelerator.end_training()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # nobody tears down while a peer is still in a collective
         torch.distributed.destroy_process_group()

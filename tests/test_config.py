@@ -1,5 +1,6 @@
 """Config loading, overrides, help and validation — all before any model is loaded."""
 
+import os
 import subprocess
 import sys
 import time
@@ -65,5 +66,12 @@ def test_bad_batch_arithmetic_fails_fast_naming_both_numbers():
     t0 = time.time()
     proc = subprocess.run([sys.executable, "train.py", "--ppo.mini_batch_size", "3"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert time.time() - t0 < 5
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "rollout.batch_size=32" in proc.stderr and "ppo.mini_batch_size=3" in proc.stderr
+
+
+def test_batch_not_splitting_over_the_launched_processes_fails_before_loading():
+    env = {**os.environ, "WORLD_SIZE": "3"}  # what accelerate launch --num_processes 3 sets
+    proc = subprocess.run([sys.executable, "train.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "3" in proc.stderr and "rollout.batch_size=32" in proc.stderr
