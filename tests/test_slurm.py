@@ -49,7 +49,7 @@ def test_multinode_template_trains_on_both_nodes(cluster, tmp_path):
 
 def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path):
     log, run = tmp_path / "job.log", tmp_path / "run"
-    total = 150
+    total = 40
     job = _submit(cluster, run, ["--train.total_steps", str(total), "--log.log_every", "1"], log)
     deadline = time.monotonic() + 120
     while not list(run.glob("*/events.out.tfevents.*")):  # training has started on both nodes
@@ -97,10 +97,10 @@ def test_single_node_template_runs_two_processes(cluster, tmp_path):
 
 
 def test_launch_script_without_slurm_stops_with_75_and_resumes(tmp_path):
-    run = tmp_path / "run"
+    run, total = tmp_path / "run", 40
     env = {**os.environ, "NUM_PROCESSES": "2", "RUN_CONFIG": "", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO)}
-    cmd = ["bash", str(REPO / "slurm" / "launch_single_node.sh"), *TINY_ARGS, "--train.total_steps", "150",
+    cmd = ["bash", str(REPO / "slurm" / "launch_single_node.sh"), *TINY_ARGS, "--train.total_steps", str(total),
            "--train.output_dir", str(run)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
@@ -116,4 +116,28 @@ def test_launch_script_without_slurm_stops_with_75_and_resumes(tmp_path):
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert "resumed from step" in again.stdout + again.stderr
-    assert (run / "checkpoints" / "step_150" / "COMPLETE").exists()
+    assert (run / "checkpoints" / f"step_{total}" / "COMPLETE").exists()
+
+
+def test_launch_script_relaunches_after_usr1_when_asked(tmp_path):
+    run, total = tmp_path / "run", 40
+    env = {**os.environ, "NUM_PROCESSES": "2", "RUN_CONFIG": "", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO), "MAX_RESTARTS": "1"}
+    cmd = ["bash", str(REPO / "slurm" / "launch_single_node.sh"), *TINY_ARGS, "--train.total_steps", str(total),
+           "--train.output_dir", str(run)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(run.glob("*/events.out.tfevents.*")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.3)
+    time.sleep(1)
+    proc.send_signal(signal.SIGUSR1)
+    out = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, out[-4000:]
+    stopped = [line for line in out.splitlines() if "stopping on signal after step" in line]
+    assert len(stopped) == 1, out[-4000:]
+    step = int(stopped[0].split("after step")[1].split(";")[0])
+    assert 0 < step < total
+    assert "relaunching (1 of 1)" in out and f"resumed from step {step}" in out
+    assert (run / "checkpoints" / f"step_{total}" / "COMPLETE").exists()
+    assert (run / "final_model" / "config.json").exists()
