@@ -58,9 +58,16 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path):
     time.sleep(1)
     # What SLURM does before the time limit with --signal=B:USR1@N.
     cluster.run("scancel", "--batch", f"--signal={signal.SIGUSR1.name[3:]}", str(job))
-    cluster.wait_for(job, lambda i: i.get("Restarts") == "1" and i.get("JobState") in ("PENDING", "RUNNING", "COMPLETED"), 120, "requeued")
-    # SLURM holds a requeued job for ~2 minutes before it is eligible again; release it now.
-    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+    cluster.wait_for(job, lambda i: i.get("Restarts") == "1" and i.get("JobState") == "PENDING", 120, "requeued")
+    # SLURM holds a requeued job for ~2 minutes before it is eligible again; release it once the nodes
+    # have cleaned up the first run. Started within the same second as the requeue, slurmd refuses it
+    # ("Job credential revoked") and the job fails.
+    deadline = time.monotonic() + 60
+    while set(cluster.node_states().values()) != {"idle"}:
+        assert time.monotonic() < deadline, cluster.node_states()
+        time.sleep(0.5)
+    time.sleep(2)
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     info = cluster.wait_for(job, lambda i: i.get("JobState") == "COMPLETED", 240, "resumed and completed")
     text = log.read_text()
     assert "got SIGUSR1" in text and "requeueing job" in text, text[-4000:]
