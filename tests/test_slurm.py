@@ -49,7 +49,7 @@ def test_multinode_template_trains_on_both_nodes(cluster, tmp_path):
 
 def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path):
     log, run = tmp_path / "job.log", tmp_path / "run"
-    total = 150
+    total = 40
     job = _submit(cluster, run, ["--train.total_steps", str(total), "--log.log_every", "1"], log)
     deadline = time.monotonic() + 120
     while not list(run.glob("*/events.out.tfevents.*")):  # training has started on both nodes
@@ -58,9 +58,16 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path):
     time.sleep(1)
     # What SLURM does before the time limit with --signal=B:USR1@N.
     cluster.run("scancel", "--batch", f"--signal={signal.SIGUSR1.name[3:]}", str(job))
-    cluster.wait_for(job, lambda i: i.get("Restarts") == "1" and i.get("JobState") in ("PENDING", "RUNNING", "COMPLETED"), 120, "requeued")
-    # SLURM holds a requeued job for ~2 minutes before it is eligible again; release it now.
-    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+    cluster.wait_for(job, lambda i: i.get("Restarts") == "1" and i.get("JobState") == "PENDING", 120, "requeued")
+    # SLURM holds a requeued job for ~2 minutes before it is eligible again; release it once the nodes
+    # have cleaned up the first run. Started within the same second as the requeue, slurmd refuses it
+    # ("Job credential revoked") and the job fails.
+    deadline = time.monotonic() + 60
+    while set(cluster.node_states().values()) != {"idle"}:
+        assert time.monotonic() < deadline, cluster.node_states()
+        time.sleep(0.5)
+    time.sleep(2)
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     info = cluster.wait_for(job, lambda i: i.get("JobState") == "COMPLETED", 240, "resumed and completed")
     text = log.read_text()
     assert "got SIGUSR1" in text and "requeueing job" in text, text[-4000:]
@@ -97,10 +104,10 @@ def test_single_node_template_runs_two_processes(cluster, tmp_path):
 
 
 def test_launch_script_without_slurm_stops_with_75_and_resumes(tmp_path):
-    run = tmp_path / "run"
+    run, total = tmp_path / "run", 40
     env = {**os.environ, "NUM_PROCESSES": "2", "RUN_CONFIG": "", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO)}
-    cmd = ["bash", str(REPO / "slurm" / "launch_single_node.sh"), *TINY_ARGS, "--train.total_steps", "150",
+    cmd = ["bash", str(REPO / "slurm" / "launch_single_node.sh"), *TINY_ARGS, "--train.total_steps", str(total),
            "--train.output_dir", str(run)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
@@ -116,4 +123,29 @@ def test_launch_script_without_slurm_stops_with_75_and_resumes(tmp_path):
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert "resumed from step" in again.stdout + again.stderr
-    assert (run / "checkpoints" / "step_150" / "COMPLETE").exists()
+    assert (run / "checkpoints" / f"step_{total}" / "COMPLETE").exists()
+
+
+def test_launch_script_relaunches_after_usr1_when_asked(tmp_path):
+    run, total = tmp_path / "run", 40
+    env = {**os.environ, "NUM_PROCESSES": "2", "RUN_CONFIG": "", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO), "MAX_RESTARTS": "1"}
+    cmd = ["bash", str(REPO / "slurm" / "launch_single_node.sh"), *TINY_ARGS, "--train.total_steps", str(total),
+           "--train.output_dir", str(run)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(run.glob("*/events.out.tfevents.*")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.3)
+    time.sleep(1)
+    proc.send_signal(signal.SIGUSR1)
+    out = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, out[-4000:]
+    # Each of the 2 processes logs the stop once, at the same step.
+    stopped = {int(line.split("after step")[1].split(";")[0]) for line in out.splitlines() if "stopping on signal after step" in line}
+    assert len(stopped) == 1, out[-4000:]
+    step, = stopped
+    assert 0 < step < total
+    assert out.count("relaunching (1 of 1)") == 1 and f"resumed from step {step}" in out
+    assert (run / "checkpoints" / f"step_{total}" / "COMPLETE").exists()
+    assert (run / "final_model" / "config.json").exists()
