@@ -2,12 +2,16 @@
 
 import logging
 import os
+import signal
 import sys
 
 from ppo_dist.config import ConfigError, parse_args, validate
 
 
 def main(argv=None) -> int:
+    # Launchers (slurm/*) ignore SIGUSR1 for themselves; a stop request that arrives before the
+    # trainer installs its checkpoint-and-stop handler must still end this process.
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = parse_args(argv)

@@ -300,6 +300,25 @@ class PPOTrainer:
         Under several processes every process calls ``step`` with its own batch; the update and the
         returned statistics are computed on all processes' samples together.
         """
+        error = None
+        try:
+            score_t = self._validate_step_inputs(queries, responses, scores)
+        except ValueError as e:
+            error = e
+        # Every process agrees before the engine's collectives: one bad batch must not hang the others.
+        if distributed.any_process(self.accelerator, error is not None):
+            raise error or ValueError("step: another process passed invalid inputs (see its error)")
+
+        t0 = time.perf_counter()
+        device, pad = self.accelerator.device, self.tokenizer.pad_token_id
+        q, qm = left_pad([t.long().cpu() for t in queries], pad)
+        r, rm = right_pad([t.long().cpu() for t in responses], pad)
+        rollout = Rollout(q.to(device), qm.to(device), r.to(device), rm.to(device))
+        stats: dict[str, Any] = self.engine.step(rollout, score_t.to(device))
+        stats["time/ppo/total"] = time.perf_counter() - t0
+        return stats
+
+    def _validate_step_inputs(self, queries, responses, scores) -> torch.Tensor:
         n = self.config.batch_size
         for name, value in (("queries", queries), ("responses", responses), ("scores", scores)):
             if not isinstance(value, (list, tuple)):
@@ -312,16 +331,7 @@ class PPOTrainer:
         _check_id_list("responses", responses)
         if any(len(r) == 0 for r in responses):
             raise ValueError("responses must not be empty: an empty response has no token to learn from")
-        score_t = _scores_tensor(scores)
-
-        t0 = time.perf_counter()
-        device, pad = self.accelerator.device, self.tokenizer.pad_token_id
-        q, qm = left_pad([t.long().cpu() for t in queries], pad)
-        r, rm = right_pad([t.long().cpu() for t in responses], pad)
-        rollout = Rollout(q.to(device), qm.to(device), r.to(device), rm.to(device))
-        stats: dict[str, Any] = self.engine.step(rollout, score_t.to(device))
-        stats["time/ppo/total"] = time.perf_counter() - t0
-        return stats
+        return _scores_tensor(scores)
 
     def log_stats(self, stats: dict, batch: dict, rewards: Sequence, columns_to_log: Sequence[str] = ("query", "response")) -> None:
         """Write ``stats`` (and a table of samples, main process only) to the configured tracker."""
