@@ -1,4 +1,4 @@
-"""One command for the reference side of the benchmarks (issue 9).
+"""One command for the reference side of the benchmarks.
 
     python bench/run_reference.py                          # everything below, default sizes
     python bench/run_reference.py --shapes 150k 3m --legacy-steps 12 --skip-grpo

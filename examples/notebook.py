@@ -11,6 +11,8 @@ with ``from_pretrained`` exactly as a real checkpoint would be loaded.
 
 import argparse
 import json
+import os
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -96,11 +98,18 @@ def save_embedded_model(path: Path) -> str:
     from ppo_dist.config import ModelConfig
     from ppo_dist.models import build_tiny_gpt2, load_tokenizer
 
+    # Under `accelerate launch` every process may get here at once: each writes its own copy and
+    # renames it into place; the first rename wins and the others drop theirs.
     if not (path / "config.json").exists():
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         torch.manual_seed(0)
         tokenizer = load_tokenizer(ModelConfig())
-        build_tiny_gpt2(ModelConfig(), tokenizer).save_pretrained(path)
-        tokenizer.save_pretrained(path)
+        build_tiny_gpt2(ModelConfig(), tokenizer).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(path)
+        except OSError:  # another process was first
+            shutil.rmtree(tmp)
     return str(path)
 
 

@@ -67,11 +67,16 @@ class Rollout:
     query_mask: torch.Tensor  # (B, Lq)
     responses: torch.Tensor  # (B, Lr)
     response_mask: torch.Tensor  # (B, Lr)
+    finished: torch.Tensor  # (B,) bool: the response ended with EOS within max_new_tokens
 
-    @property
-    def finished(self) -> torch.Tensor:
-        """(B,) bool: the response ended with EOS within max_new_tokens."""
-        return self.response_mask.sum(1) < self.response_mask.shape[1] if self.response_mask.shape[1] else torch.zeros(0, dtype=torch.bool)
+
+def ends_with_eos(responses: torch.Tensor, response_mask: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """(B,) bool: the last valid token of each right-padded response is EOS."""
+    if responses.shape[1] == 0:
+        return torch.zeros(responses.shape[0], dtype=torch.bool, device=responses.device)
+    last = (response_mask.sum(1) - 1).clamp(min=0)
+    has_tokens = response_mask.sum(1) > 0
+    return has_tokens & (responses.gather(1, last.unsqueeze(1)).squeeze(1) == eos_token_id)
 
 
 @torch.no_grad()
@@ -89,8 +94,9 @@ def generate(model, query_ids: list[torch.Tensor], tokenizer, gen_config: Genera
     width = max(p.shape[1] for p in pieces)
     raw = torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])
     responses, response_mask = truncate_at_eos(raw, tokenizer.eos_token_id, pad)
-    # HF stops early when every row hit EOS; the mask marks rows that never did.
-    return Rollout(queries, query_mask, responses, response_mask)
+    # With pad == EOS the mask alone cannot tell "ended with EOS" from "ran out of tokens".
+    finished = ends_with_eos(responses, response_mask, tokenizer.eos_token_id)
+    return Rollout(queries, query_mask, responses, response_mask, finished)
 
 
 def trim_padding(queries, query_mask, responses, response_mask):

@@ -15,7 +15,7 @@ from ppo_dist.checkpoint import complete_checkpoints
 from ppo_dist.config import ConfigError, DataConfig, ModelConfig, RolloutConfig
 from ppo_dist.data import PromptStream, load_prompt_dataset, tokenize_prompts
 from ppo_dist.models import build_tiny_gpt2, load_tokenizer, prepare_tokenizer
-from ppo_dist.rollout import generate, make_generation_config, truncate_at_eos
+from ppo_dist.rollout import ends_with_eos, generate, make_generation_config, truncate_at_eos
 from tests.launch import REPO, TINY_ARGS, cpu_env, launch
 
 BAD = REPO / "tests" / "scripts" / "bad_rewards.py"
@@ -157,6 +157,8 @@ def test_tokenizer_without_pad_token_pads_with_eos_and_eos_still_ends_and_counts
     out, mask = truncate_at_eos(responses, eos, tok.pad_token_id)
     assert mask.tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]  # the first EOS is in the loss
     assert out[0, 2] == tok.pad_token_id
+    # pad == EOS: only the last valid token tells a response that ended from one that ran out
+    assert ends_with_eos(out, mask, eos).tolist() == [True, True, False]
 
 
 def test_generation_with_pad_equal_to_eos_keeps_eos_first_responses_valid(tokenizer):

@@ -1,4 +1,4 @@
-"""Reward sources, their validation, and global-score post-processing (issue 8)."""
+"""Reward sources, their validation, and global-score post-processing."""
 
 from __future__ import annotations
 
