@@ -255,10 +255,14 @@ class PPOTrainer:
             generation_kwargs["max_new_tokens"] = int(length_sampler())
         gen = self._generation_config(generation_kwargs)
         chunk = len(queries) if single else max(1, int(batch_size))
-        with zero.gathered_for_generation(self.accelerator, self.model, self.cfg.rollout.gather_for_generation) as policy:
+        # Under bf16/fp16 mixed precision, autocast casts the weights once per call (its cache lives
+        # as long as the context), so every decoding step reads half-width weights.
+        acc = self.accelerator
+        with zero.gathered_for_generation(acc, self.model, self.cfg.rollout.gather_for_generation) as policy, acc.autocast():
             policy.eval()
             out = self._generate(policy, queries, gen, chunk, return_prompt)
-        ref = self._generate(self.ref_model, queries, gen, chunk, return_prompt) if generate_ref_response else None
+        with acc.autocast():
+            ref = self._generate(self.ref_model, queries, gen, chunk, return_prompt) if generate_ref_response else None
         if single:
             out = out[0].unsqueeze(0)
             ref = ref[0].unsqueeze(0) if ref is not None else None

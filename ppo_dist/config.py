@@ -175,6 +175,7 @@ class TrainConfig:
     output_dir: str = doc_field("runs/default", "where the final model, logs and checkpoints go")
     save_final_model: bool = doc_field(True, "save the final policy + tokenizer with save_pretrained")
     collective_timeout: int = doc_field(1800, "seconds a process waits in a collective before failing (dead peer)")
+    cpu_malloc_reuse: bool = doc_field(True, "training on CPU with glibc: keep freed memory in the process for reuse (mallopt) instead of returning it to the kernel after every large tensor; faster, holds more resident memory")
     max_bad_steps: int = doc_field(3, "stop (NumericsError) after this many consecutive PPO steps with skipped updates or non-finite statistics")
     max_kl: float | None = doc_field(None, "KL guard: sequence KL to the reference (objective/kl, nats) above which train.kl_guard acts; empty = off")
     min_entropy: float | None = doc_field(None, "KL guard: objective/entropy (nats per response) below which train.kl_guard acts; empty = off")

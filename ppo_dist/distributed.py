@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -13,6 +16,32 @@ from . import zero
 from .config import BatchPlan, Config
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+logger = logging.getLogger(__name__)
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+_INT_MAX = 2**31 - 1
+
+
+def reuse_freed_cpu_memory() -> bool:
+    """Make glibc keep freed blocks (up to 32 MiB each) in the heap instead of unmapping them.
+
+    By default glibc serves every block above its mmap threshold with a fresh ``mmap`` and gives
+    it back on free, so each weight copy, gradient and activation of that size costs page faults
+    and zeroing by the kernel on every PPO micro-step. With bf16 autocast on a GPT-2-124M policy
+    that was about a quarter of the step on CPU. Returns whether the settings were applied (only
+    on Linux with glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        applied = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
+    logger.debug("glibc malloc: mmap threshold %d, trim threshold %d (%s)", _MMAP_THRESHOLD_MAX, _INT_MAX, applied)
+    return applied
 
 
 def world_size_from_env() -> int:
@@ -34,6 +63,8 @@ def build_accelerator(cfg: Config, plan: BatchPlan) -> Accelerator:
         project_dir=cfg.train.output_dir,
         kwargs_handlers=[pg_kwargs] if plan.world_size > 1 or plugin is not None else [],
     )
+    if accelerator.device.type == "cpu" and cfg.train.cpu_malloc_reuse:
+        reuse_freed_cpu_memory()
     if accelerator.num_processes != plan.world_size:
         raise RuntimeError(
             f"the launcher reported WORLD_SIZE={plan.world_size} but accelerate started {accelerator.num_processes} processes"
