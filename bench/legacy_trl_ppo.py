@@ -34,6 +34,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=12, help="PPO steps to run (warm-up included)")
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (and OMP_NUM_THREADS)")
+    ap.add_argument("--precision", choices=["no", "bf16"], default="no",
+                    help="accelerate mixed precision (PPOConfig.accelerator_kwargs): bf16 autocasts the prepared model's forward")
     ap.add_argument("--model-dir", help="model dir (default bench/out/models/<shape>, built when absent)")
     ap.add_argument("--target", type=float, help="also stop once the --ma-step moving-average reward reaches this")
     ap.add_argument("--ma", type=int, default=5, help="moving-average window for --target, in steps")
@@ -78,6 +80,7 @@ def main() -> None:
         vf_coef=S["vf_coef"],
         seed=S["seed"],
         log_with=None,
+        accelerator_kwargs={"mixed_precision": args.precision},
     )
     ppo_trainer = PPOTrainer(config, model, ref_model, tokenizer)  # calls set_seed(config.seed)
 
@@ -156,7 +159,7 @@ def main() -> None:
     k = min(5, len(records))
     s_med = common.median([r["s"] for r in timed])
     summary = {
-        "system": SYSTEM,
+        "system": SYSTEM + ("-bf16" if args.precision == "bf16" else ""),
         "shape": args.shape,
         "params": n_params,
         "steps": len(timed),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from transformers import get_scheduler
 
 from . import algos, distributed, tracking, zero
@@ -199,7 +199,10 @@ class PPOEngine:
 
     def _optimizer_step(self) -> None:
         acc, max_norm = self.accelerator, self.cfg.optim.max_grad_norm
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm if max_norm else float("inf"))
+        if max_norm or acc.distributed_type == DistributedType.DEEPSPEED:
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm if max_norm else float("inf"))
+        else:  # no clipping: the norm only for the finite check (clip_grad_norm_ would also scale every grad by 1)
+            grad_norm = _total_grad_norm(self.model.parameters())
         # Gradients are already all-reduced, so every process sees the same norm and skips together.
         finite = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)).item())
         if not finite and zero.zero_stage(acc):
@@ -493,6 +496,12 @@ class Trainer:
 
     def close(self) -> None:
         distributed.shutdown(self.accelerator)
+
+
+def _total_grad_norm(params) -> torch.Tensor | None:
+    """L2 norm over all gradients (None when there are none)."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
 
 
 def _check_writable(path: Path) -> None:

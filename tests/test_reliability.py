@@ -102,8 +102,10 @@ def test_checkpoint_write_failure_says_so_and_keeps_the_previous(tmp_path):
 
 
 @pytest.mark.distributed
-def test_non_finite_updates_are_skipped_together_then_stop_with_checkpoint_from_before(tmp_path):
+@pytest.mark.parametrize("max_grad_norm", ["1.0", "null"])  # clipped, and unclipped (norm only for the check)
+def test_non_finite_updates_are_skipped_together_then_stop_with_checkpoint_from_before(tmp_path, max_grad_norm):
     proc = launch([*TINY_ARGS, "--train.total_steps", "10", "--checkpoint.every", "1", "--checkpoint.keep", "10",
+                   "--optim.max_grad_norm", max_grad_norm,
                    "--train.max_bad_steps", "3", "--train.output_dir", str(tmp_path),
                    "--reward.functions", f"['{BAD}:huge_after_two_steps']"], num_processes=2, check=False)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -226,3 +228,15 @@ def _distilbert_dir(tmp_path):
     DistilBertConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, hidden_dim=64).save_pretrained(tmp_path / "bert")
     load_tokenizer(ModelConfig()).save_pretrained(tmp_path / "bert")  # a tokenizer is there; the model is not causal
     return tmp_path / "bert"
+
+
+def test_unclipped_gradient_norm_matches_clip_grad_norm_and_sees_inf():
+    from ppo_dist.trainer import _total_grad_norm
+
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(1))]
+    params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 4.0]), torch.full((2, 2), 1.0)  # params[2] has no grad
+    expected = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+    assert torch.allclose(_total_grad_norm(params), expected) and params[0].grad.tolist() == [3.0, 0.0, 4.0]
+    params[1].grad[0, 0] = float("inf")
+    assert not torch.isfinite(_total_grad_norm(params))
+    assert _total_grad_norm([torch.nn.Parameter(torch.zeros(1))]) is None
