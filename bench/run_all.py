@@ -32,17 +32,20 @@ import venvs  # noqa: E402
 import zero_memory  # noqa: E402
 
 RESULTS = BENCH / "out" / "results.jsonl"
+LAST_RUN = BENCH / "out" / "last_run.json"  # the rows BENCHMARKS.md was rendered from
 # glibc environment equivalent of ppo_dist's train.cpu_malloc_reuse (mallopt at start-up).
 MALLOC_REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
 
 
-def run(cmd: list[str], env: dict | None = None) -> dict:
+def run(cmd: list[str], env: dict | None = None, label: str = "") -> dict:
+    """Run one benchmark, append its summary line (``label`` added to its system) to RESULTS."""
     print("+", " ".join(cmd), flush=True)
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     record = json.loads(proc.stdout.strip().splitlines()[-1])
+    record["system"] += label
     record["command"] = " ".join([*(f"{k}={v}" for k, v in (env or {}).items() if k.startswith("MALLOC_")),
                                   *("python" if c == sys.executable else str(c).replace(str(REPO) + "/", "") for c in cmd)])
     with open(RESULTS, "a", encoding="utf-8") as f:
@@ -104,7 +107,13 @@ def main() -> None:
     ap.add_argument("--skip-zero", action="store_true", help="leave out the ZeRO memory table")
     ap.add_argument("--zero-shape", default="124m", help="model shape for the ZeRO memory table")
     ap.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--render-only", action="store_true", help=f"rewrite --output from the last run's saved rows ({LAST_RUN.name})")
     args = ap.parse_args()
+    if args.render_only:
+        saved = json.loads(LAST_RUN.read_text(encoding="utf-8"))
+        Path(args.output).write_text(render(saved["rows"], argparse.Namespace(**saved["args"]), saved["peaks"]), encoding="utf-8")
+        print(f"wrote {args.output} from {LAST_RUN}")
+        return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     legacy_py, trl_py = venvs.ensure("legacy"), venvs.ensure("trl")
     py = sys.executable
@@ -127,10 +136,7 @@ def main() -> None:
         runs: dict[str, list[dict]] = {k: [] for k in cmds}
         for _ in range(args.repeats):
             for k, (cmd, env) in cmds.items():
-                record = run(cmd, env)
-                if env:
-                    record["system"] += " +malloc-reuse"
-                runs[k].append(record)
+                runs[k].append(run(cmd, env, label=" +malloc-reuse" if env else ""))
         rows["same"].append([min(v, key=lambda r: r["s_per_step"]) for v in runs.values()])
 
     one = run([py, "bench/ppo_dist_step.py", "--shape", "3m", "--steps", str(args.steps)])
@@ -145,6 +151,7 @@ def main() -> None:
     rows["target"] = [grpo, ours]
     if not args.skip_zero:
         rows["zero"] = run_zero_memory(args.zero_shape, BENCH / "out" / "zero_memory.jsonl")
+    LAST_RUN.write_text(json.dumps({"rows": rows, "peaks": peaks, "args": vars(args)}, ensure_ascii=False), encoding="utf-8")
     Path(args.output).write_text(render(rows, args, peaks), encoding="utf-8")
     print(f"wrote {args.output}")
 
@@ -182,7 +189,6 @@ def render(rows: dict, args, peaks: dict) -> str:
         f"2 threads. Seconds per PPO step are medians over the steps after warm-up; the systems ran in turn, "
         f"{args.repeats} rounds, and each row is that system's fastest round (this machine's 2 cores are shared "
         "with other work on the host, which slows single runs by up to ~20 %).",
-        "",
         "",
         "Each ppo_dist row is compared with the legacy trainer at the same precision (bf16: accelerate autocast "
         "on both, the legacy side through `PPOConfig(accelerator_kwargs={'mixed_precision': 'bf16'})`); the "
@@ -238,9 +244,10 @@ def render(rows: dict, args, peaks: dict) -> str:
             "",
             "One rollout + PPO update per mode (`python bench/zero_memory.py --shape " + z["shape"] + "`). Parameter, "
             "reference and optimizer bytes are what each rank really holds (under ZeRO-3 the local shards); RSS is "
-            "the process's resident memory, max over the 2 ranks. On CPU, DeepSpeed keeps extra fp32 master "
-            "partitions and communication buffers in host memory, so the RSS gain is far smaller than the "
-            "parameter/optimizer columns show; on GPUs those columns are what decides whether a model fits.",
+            "the process's resident memory, max over the 2 ranks. On CPU everything lives in the same host memory: "
+            "DeepSpeed's fp32 master partitions, communication buckets and (ZeRO-3) gathered copies during the step "
+            "come on top, so RSS hardly shrinks and under ZeRO-3 grows; on GPUs the parameter and optimizer columns "
+            "are what decides whether a model fits.",
             "",
             zero_memory.markdown(rows["zero"]),
         ]
