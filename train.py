@@ -1,4 +1,4 @@
-"""Distributed PPO training: ``accelerate launch train.py --config configs/seed.yaml [--section.field value ...]``."""
+"""Distributed PPO training: ``accelerate launch train.py --config configs/default.yaml [--section.field value ...]``."""
 
 import logging
 import os

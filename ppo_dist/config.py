@@ -1,6 +1,6 @@
 """One dataclass tree for a run, loaded from YAML with dotted command-line overrides.
 
-Convention: ``python train.py --config configs/seed.yaml --ppo.cliprange 0.1 --train.total_steps 20``.
+Convention: ``python train.py --config configs/default.yaml --ppo.cliprange 0.1 --train.total_steps 20``.
 Every field below is a command-line option ``--<section>.<field>``; values are parsed as YAML
 (``--reward.functions '[chinese_rule, length]'`` works). ``train.py --help`` prints every field
 with its doc and default.
