@@ -63,8 +63,8 @@ def build_accelerator(cfg: Config, plan: BatchPlan) -> Accelerator:
         project_dir=cfg.train.output_dir,
         kwargs_handlers=[pg_kwargs] if plan.world_size > 1 or plugin is not None else [],
     )
-    if accelerator.device.type == "cpu" and cfg.train.cpu_malloc_reuse:
-        reuse_freed_cpu_memory()
+    if accelerator.device.type == "cpu" and cfg.train.cpu_malloc_reuse and not reuse_freed_cpu_memory():
+        logger.info("train.cpu_malloc_reuse: no glibc mallopt on this platform; the allocator is left as it is")
     if accelerator.num_processes != plan.world_size:
         raise RuntimeError(
             f"the launcher reported WORLD_SIZE={plan.world_size} but accelerate started {accelerator.num_processes} processes"
