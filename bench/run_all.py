@@ -37,47 +37,32 @@ LAST_RUN = BENCH / "out" / "last_run.json"  # the rows BENCHMARKS.md was rendere
 MALLOC_REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
 
 
-def run(cmd: list[str], env: dict | None = None, label: str = "") -> dict:
-    """Run one benchmark, append its summary line (``label`` added to its system) to RESULTS."""
-    print("+", " ".join(cmd), flush=True)
+def run(cmd: list[str], env: dict | None = None, label: str = "", attempts: int = 1) -> dict:
+    """Run one benchmark and append its summary (the last JSON line it prints; ``label`` added to
+    its system) to RESULTS. With ``attempts`` > 1 a failed launch is tried again and the failure
+    is kept in the record (``failed_attempts``) so the report can say so."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    proc = subprocess.run(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    record = json.loads(proc.stdout.strip().splitlines()[-1])
-    record["system"] += label
+    failures = []
+    for _ in range(attempts):
+        print("+", " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if proc.returncode == 0:
+            break
+        tail = [line for line in proc.stderr.splitlines() if line.strip()][-30:]
+        failures.append(next((line for line in tail if "terminate" in line or "Error" in line), tail[-1] if tail else ""))
+    else:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}), {attempts} attempt(s):\n{proc.stderr[-3000:]}")
+    record = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    if label:
+        record["system"] += label
+    if attempts > 1:
+        record["failed_attempts"] = failures
     record["command"] = " ".join([*(f"{k}={v}" for k, v in (env or {}).items() if k.startswith("MALLOC_")),
                                   *("python" if c == sys.executable else str(c).replace(str(REPO) + "/", "") for c in cmd)])
     with open(RESULTS, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    print("  ", {k: record.get(k) for k in ("system", "shape", "s_per_step", "time_to_target_s")}, flush=True)
+    print("  ", {k: record.get(k) for k in ("system", "mode", "shape", "s_per_step", "time_to_target_s")}, flush=True)
     return record
-
-
-def run_zero_memory(shape: str, out: Path) -> list[dict]:
-    """bench/zero_memory.py one mode at a time. A mode whose launch fails is tried once more and the
-    failure is kept in the record (``failed_attempts``) so the table can say so."""
-    records = []
-    for mode in zero_memory.MODES:
-        cmd = [sys.executable, "bench/zero_memory.py", "--shape", shape, "--modes", mode, "--out", str(out)]
-        failures = []
-        for _ in range(2):
-            out.unlink(missing_ok=True)
-            print("+", " ".join(cmd), flush=True)
-            proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            if proc.returncode == 0:
-                break
-            tail = [line for line in proc.stderr.splitlines() if line.strip()][-30:]
-            failures.append(next((line for line in tail if "terminate" in line or "Error" in line), tail[-1] if tail else ""))
-        else:
-            raise SystemExit(f"{' '.join(cmd)} failed twice:\n{proc.stderr[-3000:]}")
-        record = json.loads(out.read_text(encoding="utf-8").splitlines()[-1])
-        record["failed_attempts"] = failures
-        records.append(record)
-        with open(RESULTS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return records
 
 
 def matmul_peak_gflops(dtype_name: str, n: int = 2048, repeats: int = 10) -> float:
@@ -150,7 +135,9 @@ def main() -> None:
     ours = run([py, "bench/ppo_dist_step.py", *target, "--steps", "100000"])
     rows["target"] = [grpo, ours]
     if not args.skip_zero:
-        rows["zero"] = run_zero_memory(args.zero_shape, BENCH / "out" / "zero_memory.jsonl")
+        # One mode per launch; a launch that fails (DeepSpeed offload once aborted at exit on CPU) is retried once.
+        rows["zero"] = [run([py, "bench/zero_memory.py", "--shape", args.zero_shape, "--modes", mode], attempts=2)
+                        for mode in zero_memory.MODES]
     LAST_RUN.write_text(json.dumps({"rows": rows, "peaks": peaks, "args": vars(args)}, ensure_ascii=False), encoding="utf-8")
     Path(args.output).write_text(render(rows, args, peaks), encoding="utf-8")
     print(f"wrote {args.output}")
@@ -252,7 +239,7 @@ def render(rows: dict, args, peaks: dict) -> str:
             zero_memory.markdown(rows["zero"]),
         ]
         for r in rows["zero"]:
-            for failure in r["failed_attempts"]:
+            for failure in r.get("failed_attempts", []):
                 lines += ["", f"{r['mode']}: one launch failed and was run again (numbers above are from the rerun): `{failure}`"]
     lines += analysis(rows, args, peaks)
     return "\n".join(lines) + "\n"

@@ -36,7 +36,7 @@ from . import distributed, zero
 from .config import Config, ConfigError, validate
 from .data import PromptStream, tokenize_prompts
 from .models import CausalLMWithValueHead, disable_dropout, freeze, prepare_tokenizer
-from .rollout import Rollout, ends_with_eos, left_pad, make_generation_config, right_pad, truncate_at_eos
+from .rollout import Rollout, left_pad, make_generation_config, right_pad, truncate_at_eos
 from .trainer import PPOEngine, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -317,8 +317,7 @@ class PPOTrainer:
         device, pad = self.accelerator.device, self.tokenizer.pad_token_id
         q, qm = left_pad([t.long().cpu() for t in queries], pad)
         r, rm = right_pad([t.long().cpu() for t in responses], pad)
-        finished = ends_with_eos(r, rm, self.tokenizer.eos_token_id)
-        rollout = Rollout(q.to(device), qm.to(device), r.to(device), rm.to(device), finished.to(device))
+        rollout = Rollout(q.to(device), qm.to(device), r.to(device), rm.to(device))
         stats: dict[str, Any] = self.engine.step(rollout, score_t.to(device))
         stats["time/ppo/total"] = time.perf_counter() - t0
         return stats

@@ -67,11 +67,11 @@ class Rollout:
     query_mask: torch.Tensor  # (B, Lq)
     responses: torch.Tensor  # (B, Lr)
     response_mask: torch.Tensor  # (B, Lr)
-    finished: torch.Tensor  # (B,) bool: the response ended with EOS within max_new_tokens
 
 
 def ends_with_eos(responses: torch.Tensor, response_mask: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """(B,) bool: the last valid token of each right-padded response is EOS."""
+    """(B,) bool: the last valid token of each right-padded response is EOS (the response ended
+    within max_new_tokens). With pad == EOS the mask alone cannot tell that from running out."""
     if responses.shape[1] == 0:
         return torch.zeros(responses.shape[0], dtype=torch.bool, device=responses.device)
     last = (response_mask.sum(1) - 1).clamp(min=0)
@@ -94,9 +94,7 @@ def generate(model, query_ids: list[torch.Tensor], tokenizer, gen_config: Genera
     width = max(p.shape[1] for p in pieces)
     raw = torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])
     responses, response_mask = truncate_at_eos(raw, tokenizer.eos_token_id, pad)
-    # With pad == EOS the mask alone cannot tell "ended with EOS" from "ran out of tokens".
-    finished = ends_with_eos(responses, response_mask, tokenizer.eos_token_id)
-    return Rollout(queries, query_mask, responses, response_mask, finished)
+    return Rollout(queries, query_mask, responses, response_mask)
 
 
 def trim_padding(queries, query_mask, responses, response_mask):

@@ -28,7 +28,7 @@ from .config import BatchPlan, Config, validate
 from .data import PromptStream, load_prompt_dataset, tokenize_prompts
 from .models import build_models, load_tokenizer
 from .rewards import Reward, RewardError, RewardNormalizer, build_reward
-from .rollout import Rollout, batched_forward, forward_response, generate, make_generation_config, right_pad, left_pad
+from .rollout import Rollout, batched_forward, ends_with_eos, forward_response, generate, make_generation_config, right_pad, left_pad
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ class PPOEngine:
         valid = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid.bool()
         raw = distributed.gather_1d(acc, scores.to(acc.device).float())
         valid = distributed.gather_1d(acc, valid.to(acc.device))
-        finished = distributed.gather_1d(acc, rollout.finished.to(acc.device))
+        finished = ends_with_eos(rollout.responses, rollout.response_mask, self.tokenizer.eos_token_id)
+        finished = distributed.gather_1d(acc, finished.to(acc.device))
         processed = torch.where(valid, self.normalizer(raw, finished), torch.zeros_like(raw))
         response_mask = g(rollout.response_mask) * valid.unsqueeze(1)
         self.skipped_samples += int((~valid).sum())
@@ -202,7 +203,7 @@ class PPOEngine:
         if max_norm or acc.distributed_type == DistributedType.DEEPSPEED:
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm if max_norm else float("inf"))
         else:  # no clipping: the norm only for the finite check (clip_grad_norm_ would also scale every grad by 1)
-            grad_norm = _total_grad_norm(self.model.parameters())
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         # Gradients are already all-reduced, so every process sees the same norm and skips together.
         finite = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)).item())
         if not finite and zero.zero_stage(acc):
@@ -496,12 +497,6 @@ class Trainer:
 
     def close(self) -> None:
         distributed.shutdown(self.accelerator)
-
-
-def _total_grad_norm(params) -> torch.Tensor | None:
-    """L2 norm over all gradients (None when there are none)."""
-    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
 
 
 def _check_writable(path: Path) -> None:

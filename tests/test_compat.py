@@ -154,3 +154,17 @@ def test_value_head_model_from_object_and_forward(saved_model):
     logits, loss, values = model(torch.tensor([[5, 6, 7]]))
     assert logits.shape[:2] == (1, 3) and values.shape == (1, 3) and loss is None
     assert model.num_parameters() == sum(p.numel() for p in lm.parameters()) + model.v_head.weight.numel() + 1
+
+
+def test_no_eos_penalty_hits_only_responses_that_never_ended(trainer):
+    # Width-1 responses that are EOS alone have ended: the engine reads that from the tokens, not
+    # from how much of the width the mask covers (which cannot tell them apart when pad == EOS).
+    from ppo_dist.rewards import RewardNormalizer
+    from ppo_dist.rollout import Rollout
+
+    engine, eos = trainer.engine, trainer.tokenizer.eos_token_id
+    engine.normalizer = RewardNormalizer(no_eos_penalty=-1.0)
+    queries, query_mask = torch.tensor([[5, 6], [7, 8], [9, 10]]), torch.ones(3, 2, dtype=torch.long)
+    responses, response_mask = torch.tensor([[eos], [eos], [4]]), torch.ones(3, 1, dtype=torch.long)
+    batch = engine.score_rollout(Rollout(queries, query_mask, responses, response_mask), torch.zeros(3))
+    assert batch.scores.tolist() == [0.0, 0.0, -1.0]

@@ -1,17 +1,18 @@
-"""Print whether a 24 MiB malloc'd block comes from the heap and stays there after free.
+"""Print whether a 24 MiB malloc'd block comes from the heap and stays there after free, in a
+process set up as training sets itself up (ppo_dist's accelerator built from the config).
 
-    python heap_probe.py on|off      # on: ppo_dist's train.cpu_malloc_reuse applied first
+    python heap_probe.py true|false      # --train.cpu_malloc_reuse
 """
 
 import ctypes
 import sys
 
-import torch  # noqa: F401  (the allocator state a training process has)
+from ppo_dist import distributed
+from ppo_dist.config import parse_args, validate
 
-from ppo_dist.distributed import reuse_freed_cpu_memory
+cfg = parse_args(["--train.cpu_malloc_reuse", sys.argv[1], "--log.trackers", "[]", "--train.output_dir", sys.argv[2]])
+distributed.build_accelerator(cfg, validate(cfg, 1))
 
-if sys.argv[1] == "on" and not reuse_freed_cpu_memory():
-    sys.exit("mallopt was not applied")
 libc = ctypes.CDLL("libc.so.6")
 libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_long]
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 from ppo_dist import distributed
 from ppo_dist.config import parse_args, validate
 from ppo_dist.models import build_models, load_tokenizer
-from ppo_dist.rollout import Rollout, ends_with_eos, left_pad, right_pad
+from ppo_dist.rollout import Rollout, left_pad, right_pad
 from ppo_dist.trainer import PPOEngine, build_optimizer
 
 
@@ -46,7 +46,7 @@ def main():
     lo, hi = acc.process_index * plan.local_batch_size, (acc.process_index + 1) * plan.local_batch_size
     q, qm = left_pad(queries[lo:hi], tokenizer.pad_token_id)
     r, rm = right_pad(responses[lo:hi], tokenizer.pad_token_id)
-    stats = [engine.step(Rollout(q, qm, r, rm, ends_with_eos(r, rm, tokenizer.eos_token_id)), scores[lo:hi]) for _ in range(2)]
+    stats = [engine.step(Rollout(q, qm, r, rm), scores[lo:hi]) for _ in range(2)]
     unwrapped = acc.unwrap_model(model)
     params = {n: p.detach().double().sum().item() for n, p in unwrapped.named_parameters()}
     if acc.is_main_process:
