@@ -1,4 +1,5 @@
-"""Distributed PPO training: ``accelerate launch train.py --config configs/default.yaml [--section.field value ...]``."""
+"""Distributed PPO training: ``accelerate launch train.py --config configs/default.yaml [--section.field value "
+"...]``."""
 
 import logging
 import os

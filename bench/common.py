@@ -17,8 +17,8 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -64,9 +64,22 @@ SETTINGS = dict(
 )
 
 PROMPTS: list[str] = [
-    "今天天气", "我喜欢", "学习编程", "这部电影", "人工智能", "我的朋友", "周末的时候", "春天来了",
-    "读书让我", "音乐让人", "写一句关于春天的话", "说说你今天的心情", "介绍一下你的家乡",
-    "给朋友写一段祝福", "谈谈学习的方法", "描述一下你最喜欢的食物",
+    "今天天气",
+    "我喜欢",
+    "学习编程",
+    "这部电影",
+    "人工智能",
+    "我的朋友",
+    "周末的时候",
+    "春天来了",
+    "读书让我",
+    "音乐让人",
+    "写一句关于春天的话",
+    "说说你今天的心情",
+    "介绍一下你的家乡",
+    "给朋友写一段祝福",
+    "谈谈学习的方法",
+    "描述一下你最喜欢的食物",
 ]
 
 POSITIVE_WORDS = ("好", "棒", "喜欢", "开心", "快乐", "有趣", "学习", "成长")

@@ -34,8 +34,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=12, help="PPO steps to run (warm-up included)")
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (and OMP_NUM_THREADS)")
-    ap.add_argument("--precision", choices=["no", "bf16"], default="no",
-                    help="accelerate mixed precision (PPOConfig.accelerator_kwargs): bf16 autocasts the prepared model's forward")
+    ap.add_argument(
+        "--precision",
+        choices=["no", "bf16"],
+        default="no",
+        help="accelerate mixed precision (PPOConfig.accelerator_kwargs): bf16 autocasts the prepared model's forward",
+    )
     ap.add_argument("--model-dir", help="model dir (default bench/out/models/<shape>, built when absent)")
     ap.add_argument("--target", type=float, help="also stop once the --ma-step moving-average reward reaches this")
     ap.add_argument("--ma", type=int, default=5, help="moving-average window for --target, in steps")

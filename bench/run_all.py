@@ -45,11 +45,13 @@ def run(cmd: list[str], env: dict | None = None, label: str = "", attempts: int 
     failures = []
     for _ in range(attempts):
         print("+", " ".join(cmd), flush=True)
-        proc = subprocess.run(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True)
         if proc.returncode == 0:
             break
         tail = [line for line in proc.stderr.splitlines() if line.strip()][-30:]
-        failures.append(next((line for line in tail if "terminate" in line or "Error" in line), tail[-1] if tail else ""))
+        failures.append(
+            next((line for line in tail if "terminate" in line or "Error" in line), tail[-1] if tail else "")
+        )
     else:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}), {attempts} attempt(s):\n{proc.stderr[-3000:]}")
     record = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
@@ -57,8 +59,12 @@ def run(cmd: list[str], env: dict | None = None, label: str = "", attempts: int 
         record["system"] += label
     if attempts > 1:
         record["failed_attempts"] = failures
-    record["command"] = " ".join([*(f"{k}={v}" for k, v in (env or {}).items() if k.startswith("MALLOC_")),
-                                  *("python" if c == sys.executable else str(c).replace(str(REPO) + "/", "") for c in cmd)])
+    record["command"] = " ".join(
+        [
+            *(f"{k}={v}" for k, v in (env or {}).items() if k.startswith("MALLOC_")),
+            *("python" if c == sys.executable else str(c).replace(str(REPO) + "/", "") for c in cmd),
+        ]
+    )
     with open(RESULTS, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
     print("  ", {k: record.get(k) for k in ("system", "mode", "shape", "s_per_step", "time_to_target_s")}, flush=True)
@@ -88,15 +94,21 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=1.0, help="moving-average (5 steps) reward target")
     ap.add_argument("--target-shape", default="3m")
     ap.add_argument("--time-limit", type=float, default=180.0, help="seconds per time-to-target run")
-    ap.add_argument("--repeats", type=int, default=2, help="rounds of the same-settings runs; the fastest of each is kept")
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="rounds of the same-settings runs; the fastest of each is kept"
+    )
     ap.add_argument("--skip-zero", action="store_true", help="leave out the ZeRO memory table")
     ap.add_argument("--zero-shape", default="124m", help="model shape for the ZeRO memory table")
     ap.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
-    ap.add_argument("--render-only", action="store_true", help=f"rewrite --output from the last run's saved rows ({LAST_RUN.name})")
+    ap.add_argument(
+        "--render-only", action="store_true", help=f"rewrite --output from the last run's saved rows ({LAST_RUN.name})"
+    )
     args = ap.parse_args()
     if args.render_only:
         saved = json.loads(LAST_RUN.read_text(encoding="utf-8"))
-        Path(args.output).write_text(render(saved["rows"], argparse.Namespace(**saved["args"]), saved["peaks"]), encoding="utf-8")
+        Path(args.output).write_text(
+            render(saved["rows"], argparse.Namespace(**saved["args"]), saved["peaks"]), encoding="utf-8"
+        )
         print(f"wrote {args.output} from {LAST_RUN}")
         return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -125,9 +137,30 @@ def main() -> None:
         rows["same"].append([min(v, key=lambda r: r["s_per_step"]) for v in runs.values()])
 
     one = run([py, "bench/ppo_dist_step.py", "--shape", "3m", "--steps", str(args.steps)])
-    two = run([py, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "bench/ppo_dist_step.py", "--shape", "3m",
-               "--steps", str(args.steps), "--threads", "1"], env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
+    two = run(
+        [
+            py,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "bench/ppo_dist_step.py",
+            "--shape",
+            "3m",
+            "--steps",
+            str(args.steps),
+            "--threads",
+            "1",
+        ],
+        env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},
+    )
     rows["scaling"] = [one, two]
 
     target = ["--shape", args.target_shape, "--target", str(args.target), "--time-limit", str(args.time_limit)]
@@ -136,9 +169,13 @@ def main() -> None:
     rows["target"] = [grpo, ours]
     if not args.skip_zero:
         # One mode per launch; a launch that fails (DeepSpeed offload once aborted at exit on CPU) is retried once.
-        rows["zero"] = [run([py, "bench/zero_memory.py", "--shape", args.zero_shape, "--modes", mode], attempts=2)
-                        for mode in zero_memory.MODES]
-    LAST_RUN.write_text(json.dumps({"rows": rows, "peaks": peaks, "args": vars(args)}, ensure_ascii=False), encoding="utf-8")
+        rows["zero"] = [
+            run([py, "bench/zero_memory.py", "--shape", args.zero_shape, "--modes", mode], attempts=2)
+            for mode in zero_memory.MODES
+        ]
+    LAST_RUN.write_text(
+        json.dumps({"rows": rows, "peaks": peaks, "args": vars(args)}, ensure_ascii=False), encoding="utf-8"
+    )
     Path(args.output).write_text(render(rows, args, peaks), encoding="utf-8")
     print(f"wrote {args.output}")
 
@@ -163,7 +200,8 @@ def render(rows: dict, args, peaks: dict) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Produced by `python bench/run_all.py{' --skip-124m' if args.skip_124m else ''}` on {time.strftime('%Y-%m-%d')}: "
+        f"Produced by `python bench/run_all.py{' --skip-124m' if args.skip_124m else ''}` on "
+        f"{time.strftime('%Y-%m-%d')}: "
         f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU; Python {platform.python_version()}, "
         f"torch {torch.__version__}, transformers {transformers.__version__} (ppo_dist); legacy side: trl "
         f"{any_legacy.get('trl')}, transformers {any_legacy.get('transformers')} in bench/.venvs/legacy. "
@@ -182,15 +220,18 @@ def render(rows: dict, args, peaks: dict) -> str:
         "`+malloc-reuse` row is the legacy trainer with the glibc setting ppo_dist applies itself on CPU "
         "(`train.cpu_malloc_reuse`), compared with plain legacy fp32.",
         "",
-        "| shape | params | system | s/step | generate | reward | optimise | peak RSS MB | ratio to legacy, same precision | command |",
+        "| shape | params | system | s/step | generate | reward | optimise | peak RSS MB | ratio to legacy, same "
+        "precision | command |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group in rows["same"]:
         for r in group:
             base = baseline(group, r)
             ratio = "" if base is None else f"**{r['s_per_step'] / base['s_per_step']:.2f}**"
-            lines.append(f"| {r['shape']} | {r['params']:,} | {r['system']} | {_f(r['s_per_step'])} | {_f(r['gen_s'])} | "
-                         f"{_f(r['reward_s'], 4)} | {_f(r['opt_s'])} | {r['peak_rss_mb']:.0f} | {ratio} | `{r['command']}` |")
+            lines.append(
+                f"| {r['shape']} | {r['params']:,} | {r['system']} | {_f(r['s_per_step'])} | {_f(r['gen_s'])} | "
+                f"{_f(r['reward_s'], 4)} | {_f(r['opt_s'])} | {r['peak_rss_mb']:.0f} | {ratio} | `{r['command']}` |"
+            )
     one, two = rows["scaling"]
     lines += [
         "",
@@ -201,7 +242,8 @@ def render(rows: dict, args, peaks: dict) -> str:
         "",
         "| processes | threads each | s/step | samples/s | speed-up | command |",
         "|---|---|---|---|---|---|",
-        f"| 1 | {one['threads']} | {_f(one['s_per_step'])} | {_f(one['samples_per_s'], 1)} | 1.00 | `{one['command']}` |",
+        f"| 1 | {one['threads']} | {_f(one['s_per_step'])} | {_f(one['samples_per_s'], 1)} | 1.00 | "
+        f"`{one['command']}` |",
         f"| 2 | {two['threads']} | {_f(two['s_per_step'])} | {_f(two['samples_per_s'], 1)} | "
         f"{two['samples_per_s'] / one['samples_per_s']:.2f} | `{two['command']}` |",
     ]
@@ -219,10 +261,17 @@ def render(rows: dict, args, peaks: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in (grpo, ours):
-        lines.append(f"| {r['system']} | {r.get('reached_target')} | {r.get('steps_to_target') or r.get('steps_run') or r.get('rollout_steps_run')} | "
-                     f"{_f(r.get('time_to_target_s'), 1)} | {_f(r['s_per_step'])} | `{r['command']}` |")
+        lines.append(
+            f"| {r['system']} | {r.get('reached_target')} | "
+            f"{r.get('steps_to_target') or r.get('steps_run') or r.get('rollout_steps_run')} | "
+            f"{_f(r.get('time_to_target_s'), 1)} | {_f(r['s_per_step'])} | `{r['command']}` |"
+        )
     if grpo.get("time_to_target_s") and ours.get("time_to_target_s"):
-        lines += ["", f"Ratio of times to target, ppo_dist / GRPO: **{ours['time_to_target_s'] / grpo['time_to_target_s']:.2f}**."]
+        lines += [
+            "",
+            "Ratio of times to target, ppo_dist / GRPO: "
+            f"**{ours['time_to_target_s'] / grpo['time_to_target_s']:.2f}**.",
+        ]
     if rows["zero"]:
         z = rows["zero"][0]
         lines += [
@@ -240,7 +289,10 @@ def render(rows: dict, args, peaks: dict) -> str:
         ]
         for r in rows["zero"]:
             for failure in r.get("failed_attempts", []):
-                lines += ["", f"{r['mode']}: one launch failed and was run again (numbers above are from the rerun): `{failure}`"]
+                lines += [
+                    "",
+                    f"{r['mode']}: one launch failed and was run again (numbers above are from the rerun): `{failure}`",
+                ]
     lines += analysis(rows, args, peaks)
     return "\n".join(lines) + "\n"
 
@@ -249,7 +301,9 @@ TARGETS = {"3m": 1 / 3, "124m": 1 / 2}  # s/step of ppo_dist / legacy at identic
 
 
 def _faster(ours: dict, grpo: dict) -> bool:
-    return bool(ours.get("time_to_target_s")) and (not grpo.get("time_to_target_s") or ours["time_to_target_s"] < grpo["time_to_target_s"])
+    return bool(ours.get("time_to_target_s")) and (
+        not grpo.get("time_to_target_s") or ours["time_to_target_s"] < grpo["time_to_target_s"]
+    )
 
 
 def baseline(group: list[dict], r: dict) -> dict | None:
@@ -263,10 +317,16 @@ def _verdict(rows: dict, shape: str) -> str:
     group = next((g for g in rows["same"] if g[0]["shape"] == shape), None)
     if group is None:
         return ""
-    ratios = {r["system"]: r["s_per_step"] / baseline(group, r)["s_per_step"] for r in group if r["system"].startswith("ppo_dist")}
+    ratios = {
+        r["system"]: r["s_per_step"] / baseline(group, r)["s_per_step"]
+        for r in group
+        if r["system"].startswith("ppo_dist")
+    }
     met = "met" if min(ratios.values()) <= TARGETS[shape] else "not met"
     said = ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
-    return f"ppo_dist / legacy at the same precision on {shape}: {said}, against a target of {TARGETS[shape]:.2f} ({met})."
+    return (
+        f"ppo_dist / legacy at the same precision on {shape}: {said}, against a target of {TARGETS[shape]:.2f} ({met})."
+    )
 
 
 def analysis(rows: dict, args, peaks: dict) -> list[str]:
@@ -281,7 +341,8 @@ def analysis(rows: dict, args, peaks: dict) -> list[str]:
         "parameter-token, 4 epochs × 6 for forward + backward, plus generation. The floor is that count at the "
         "matmul rate, with no overhead at all.",
         "",
-        "| shape | system | s/step | FLOP floor fp32 s | FLOP floor bf16 s | model FLOP utilisation | target s/step | met |",
+        "| shape | system | s/step | FLOP floor fp32 s | FLOP floor bf16 s | model FLOP utilisation | target s/step "
+        "| met |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for group in rows["same"]:
@@ -292,11 +353,20 @@ def analysis(rows: dict, args, peaks: dict) -> list[str]:
             base = baseline(group, r)
             goal = f"≤ {target * base['s_per_step']:.3f}" if (r["system"].startswith("ppo_dist") and target) else ""
             met = ("yes" if r["s_per_step"] <= target * base["s_per_step"] else "**no**") if goal else ""
-            lines.append(f"| {r['shape']} | {r['system']} | {_f(r['s_per_step'])} | {flops / peaks['fp32'] / 1e9:.3f} | "
-                         f"{flops / peaks['bf16'] / 1e9:.3f} | {flops / peak / 1e9 / r['s_per_step']:.0%} | {goal} | {met} |")
-    needs = [f"{g[0]['shape']} {step_flops(g[0]) / peaks['fp32'] / 1e9 / (TARGETS[g[0]['shape']] * g[0]['s_per_step']):.0%}"
-             for g in rows["same"] if g[0]["shape"] in TARGETS]
-    fp32_need = f" (at fp32 the targets would need this share of the dense-matmul peak over the whole step: {', '.join(needs)})" if needs else ""
+            lines.append(
+                f"| {r['shape']} | {r['system']} | {_f(r['s_per_step'])} | {flops / peaks['fp32'] / 1e9:.3f} | "
+                f"{flops / peaks['bf16'] / 1e9:.3f} | {flops / peak / 1e9 / r['s_per_step']:.0%} | {goal} | {met} |"
+            )
+    needs = [
+        f"{g[0]['shape']} {step_flops(g[0]) / peaks['fp32'] / 1e9 / (TARGETS[g[0]['shape']] * g[0]['s_per_step']):.0%}"
+        for g in rows["same"]
+        if g[0]["shape"] in TARGETS
+    ]
+    fp32_need = (
+        f" (at fp32 the targets would need this share of the dense-matmul peak over the whole step: {', '.join(needs)})"
+        if needs
+        else ""
+    )
     grpo, ours = rows["target"]
     lines += [
         "",

@@ -72,15 +72,36 @@ def main() -> None:
     if not args.skip_legacy:
         for shape in args.shapes:
             steps, warm = (args.big_steps, 1) if shape == "124m" else (args.legacy_steps, 2)
-            failures += run(legacy_py, "legacy_trl_ppo.py",
-                            ["--shape", shape, "--steps", str(steps), "--warmup", str(warm), *common_args],
-                            f"legacy_{shape}") != 0
+            failures += (
+                run(
+                    legacy_py,
+                    "legacy_trl_ppo.py",
+                    ["--shape", shape, "--steps", str(steps), "--warmup", str(warm), *common_args],
+                    f"legacy_{shape}",
+                )
+                != 0
+            )
     # 4. Current TRL GRPO, time to target.
     if not args.skip_grpo:
-        failures += run(trl_py, "trl_grpo.py",
-                        ["--shape", args.grpo_shape, "--target", str(args.grpo_target),
-                         "--max-rollouts", str(args.grpo_max_rollouts), "--time-limit", str(args.grpo_time_limit),
-                         *common_args], f"grpo_{args.grpo_shape}") != 0
+        failures += (
+            run(
+                trl_py,
+                "trl_grpo.py",
+                [
+                    "--shape",
+                    args.grpo_shape,
+                    "--target",
+                    str(args.grpo_target),
+                    "--max-rollouts",
+                    str(args.grpo_max_rollouts),
+                    "--time-limit",
+                    str(args.grpo_time_limit),
+                    *common_args,
+                ],
+                f"grpo_{args.grpo_shape}",
+            )
+            != 0
+        )
     print(f"summaries appended to {args.out}", flush=True)
     sys.exit(1 if failures else 0)
 

@@ -50,8 +50,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=2, help="rollout steps left out of the s/step median")
     ap.add_argument("--num-generations", type=int, default=4, help="completions per prompt (divides batch 8)")
     ap.add_argument("--num-iterations", type=int, default=S["ppo_epochs"], help="reuses of each generation batch")
-    ap.add_argument("--learning-rate", type=float, default=S["learning_rate"],
-                    help="0 gives the no-learning control: how often the target is hit by sampling noise alone")
+    ap.add_argument(
+        "--learning-rate",
+        type=float,
+        default=S["learning_rate"],
+        help="0 gives the no-learning control: how often the target is hit by sampling noise alone",
+    )
     ap.add_argument("--beta", type=float, default=S["init_kl_coef"], help="KL coefficient (0 drops the ref model)")
     ap.add_argument("--out", help="append the summary JSON line to this file")
     ap.add_argument("--steps-out", help="append the per-rollout-step JSON lines to this file")

@@ -43,7 +43,8 @@ SPECS: dict[str, list[str]] = {
 
 
 SMOKE: dict[str, str] = {
-    "legacy": "from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer; import trl; print('trl', trl.__version__)",
+    "legacy": "from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer; import trl; print('trl', "
+    "trl.__version__)",
     "trl": "from trl import GRPOConfig, GRPOTrainer; import trl; print('trl', trl.__version__)",
 }
 
@@ -94,12 +95,15 @@ def versions(name: str) -> dict[str, str]:
     code = (
         "import json, importlib.metadata as m\n"
         "out = {}\n"
-        "for p in ['torch','transformers','trl','accelerate','tokenizers','numpy','datasets','safetensors','huggingface-hub']:\n"
+        "for p in "
+        "['torch','transformers','trl','accelerate','tokenizers','numpy','datasets','safetensors','huggingface-hub']:\n"
         "    try: out[p] = m.version(p)\n"
         "    except m.PackageNotFoundError: pass\n"
         "print(json.dumps(out))\n"
     )
-    return json.loads(subprocess.run([str(venv_python(name)), "-c", code], check=True, capture_output=True, text=True).stdout)
+    return json.loads(
+        subprocess.run([str(venv_python(name)), "-c", code], check=True, capture_output=True, text=True).stdout
+    )
 
 
 def main() -> None:

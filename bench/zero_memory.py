@@ -93,12 +93,30 @@ def worker(args) -> None:
     from ppo_dist.trainer import Trainer
 
     model_dir = common.ensure_model_dir(args.shape, None, seed=common.SETTINGS["seed"])
-    cfg = parse_args([
-        "--model.name_or_path", str(model_dir), "--model.ref_name_or_path", str(model_dir),
-        "--rollout.batch_size", "2", "--ppo.mini_batch_size", "2", "--ppo.ppo_epochs", "1",
-        "--rollout.max_new_tokens", str(args.max_new_tokens), "--log.trackers", "[]", "--log.progress_bar", "false",
-        "--train.output_dir", args.output_dir, "--train.save_final_model", "false",
-    ])
+    cfg = parse_args(
+        [
+            "--model.name_or_path",
+            str(model_dir),
+            "--model.ref_name_or_path",
+            str(model_dir),
+            "--rollout.batch_size",
+            "2",
+            "--ppo.mini_batch_size",
+            "2",
+            "--ppo.ppo_epochs",
+            "1",
+            "--rollout.max_new_tokens",
+            str(args.max_new_tokens),
+            "--log.trackers",
+            "[]",
+            "--log.progress_bar",
+            "false",
+            "--train.output_dir",
+            args.output_dir,
+            "--train.save_final_model",
+            "false",
+        ]
+    )
     trainer = Trainer(cfg)
     acc, engine = trainer.accelerator, trainer.engine
     setup_peak = _rss_mb("VmHWM")
@@ -115,7 +133,9 @@ def worker(args) -> None:
     record = {
         "rank": acc.process_index,
         "policy_param_bytes": _held_bytes(engine.model),
-        "policy_full_bytes": sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in engine.model.parameters()),
+        "policy_full_bytes": sum(
+            getattr(p, "ds_numel", p.numel()) * p.element_size() for p in engine.model.parameters()
+        ),
         "ref_param_bytes": _held_bytes(engine.ref_model),
         "optim_bytes": _optimizer_bytes(engine.optimizer, engine.model),
         "setup_peak_rss_mb": round(setup_peak, 1),
@@ -139,18 +159,48 @@ def run_mode(mode: str, args) -> dict:
     if mode == "ddp" and not _cuda():
         env["ACCELERATE_USE_CPU"] = "true"  # DDP on CPU: gloo (DeepSpeed configs must not set it)
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / f"{mode}.yaml"),
-               "--num_processes", "2", "--main_process_port", str(args.port), str(Path(__file__).resolve()), "--worker",
-               "--shape", args.shape, *(["--trim"] if args.trim else []), "--max-new-tokens", str(args.max_new_tokens), "--output-dir", out]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "accelerate_configs" / f"{mode}.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(args.port),
+            str(Path(__file__).resolve()),
+            "--worker",
+            "--shape",
+            args.shape,
+            *(["--trim"] if args.trim else []),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--output-dir",
+            out,
+        ]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{mode}: {' '.join(cmd)} exited {proc.returncode}\n{proc.stderr[-4000:]}")
-    ranks = json.loads(lines[-1][len("RESULT "):])
-    keys = ["policy_param_bytes", "ref_param_bytes", "optim_bytes", "setup_peak_rss_mb", "rollout_peak_rss_mb",
-            "update_peak_rss_mb", "step_peak_rss_mb", "step_peak_gpu_mb"]
-    summary = {"mode": mode, "shape": args.shape, "processes": 2, "device": "cuda" if _cuda() else "cpu",
-               "policy_full_bytes": ranks[0]["policy_full_bytes"]}
+    ranks = json.loads(lines[-1][len("RESULT ") :])
+    keys = [
+        "policy_param_bytes",
+        "ref_param_bytes",
+        "optim_bytes",
+        "setup_peak_rss_mb",
+        "rollout_peak_rss_mb",
+        "update_peak_rss_mb",
+        "step_peak_rss_mb",
+        "step_peak_gpu_mb",
+    ]
+    summary = {
+        "mode": mode,
+        "shape": args.shape,
+        "processes": 2,
+        "device": "cuda" if _cuda() else "cpu",
+        "policy_full_bytes": ranks[0]["policy_full_bytes"],
+    }
     summary.update({k: max(r[k] for r in ranks) for k in keys if k in ranks[0]})
     summary["ranks"] = ranks
     summary["command"] = f"python bench/zero_memory.py --shape {args.shape} --modes {mode}"
@@ -165,12 +215,17 @@ def _cuda() -> bool:
 
 def markdown(rows: list[dict]) -> str:
     ddp = next((r for r in rows if r["mode"] == "ddp"), None)
-    head = "| mode | policy params / rank (MiB) | reference / rank (MiB) | optimizer / rank (MiB) | setup peak RSS (MiB) | step peak RSS (MiB) | step peak vs DDP |"
+    head = (
+        "| mode | policy params / rank (MiB) | reference / rank (MiB) | optimizer / rank (MiB) "
+        "| setup peak RSS (MiB) | step peak RSS (MiB) | step peak vs DDP |"
+    )
     lines = [head, "|" + "---|" * 7]
     for r in rows:
         ratio = f"{r['step_peak_rss_mb'] / ddp['step_peak_rss_mb']:.2f}x" if ddp else "-"
-        lines.append(f"| {r['mode']} | {r['policy_param_bytes'] / MiB:.1f} | {r['ref_param_bytes'] / MiB:.1f} | "
-                     f"{r['optim_bytes'] / MiB:.1f} | {r['setup_peak_rss_mb']:.0f} | {r['step_peak_rss_mb']:.0f} | {ratio} |")
+        lines.append(
+            f"| {r['mode']} | {r['policy_param_bytes'] / MiB:.1f} | {r['ref_param_bytes'] / MiB:.1f} | "
+            f"{r['optim_bytes'] / MiB:.1f} | {r['setup_peak_rss_mb']:.0f} | {r['step_peak_rss_mb']:.0f} | {ratio} |"
+        )
     return "\n".join(lines)
 
 

@@ -27,8 +27,22 @@ from ppo_dist import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer  #
 from ppo_dist.rewards import chinese_rule  # noqa: E402
 
 PROMPTS = [
-    "今天天气", "我觉得学习", "这本书", "周末我们", "我的朋友", "春天来了", "老师说", "这部电影",
-    "我最喜欢", "晚上我们", "新的一年", "在公园里", "听音乐的时候", "妈妈做的菜", "第一次旅行", "我们的城市",
+    "今天天气",
+    "我觉得学习",
+    "这本书",
+    "周末我们",
+    "我的朋友",
+    "春天来了",
+    "老师说",
+    "这部电影",
+    "我最喜欢",
+    "晚上我们",
+    "新的一年",
+    "在公园里",
+    "听音乐的时候",
+    "妈妈做的菜",
+    "第一次旅行",
+    "我们的城市",
 ]
 
 
@@ -49,8 +63,17 @@ def main() -> None:
 
     model_name = args.model or save_embedded_model(out / "base_model")
     config = PPOConfig(
-        model_name=model_name, learning_rate=args.learning_rate, batch_size=8, mini_batch_size=2, ppo_epochs=4,
-        cliprange=0.2, vf_coef=0.1, seed=42, steps=args.steps, init_kl_coef=args.init_kl_coef, log_with="tensorboard",
+        model_name=model_name,
+        learning_rate=args.learning_rate,
+        batch_size=8,
+        mini_batch_size=2,
+        ppo_epochs=4,
+        cliprange=0.2,
+        vf_coef=0.1,
+        seed=42,
+        steps=args.steps,
+        init_kl_coef=args.init_kl_coef,
+        log_with="tensorboard",
         project_kwargs={"logging_dir": str(out)},
     )
     model = AutoModelForCausalLMWithValueHead.from_pretrained(config.model_name)
@@ -61,8 +84,14 @@ def main() -> None:
 
     dataset = Dataset.from_dict({"query": PROMPTS})  # text only: the trainer tokenizes it
     ppo_trainer = PPOTrainer(config, model, None, tokenizer, dataset=dataset)
-    generation_kwargs = {"min_length": -1, "top_k": 0.0, "top_p": 1.0, "do_sample": True,
-                         "pad_token_id": tokenizer.eos_token_id, "max_new_tokens": 32}
+    generation_kwargs = {
+        "min_length": -1,
+        "top_k": 0.0,
+        "top_p": 1.0,
+        "do_sample": True,
+        "pad_token_id": tokenizer.eos_token_id,
+        "max_new_tokens": 32,
+    }
 
     reward_history, loss_history, kl_history = [], [], []
     for epoch, batch in enumerate(ppo_trainer.dataloader):  # config.steps batches
@@ -81,7 +110,9 @@ def main() -> None:
     ppo_trainer.save_pretrained(out / "final_model")
     if ppo_trainer.accelerator.is_main_process:
         plot_curves(reward_history, loss_history, out / "curves.png")
-        (out / "history.json").write_text(json.dumps({"reward": reward_history, "policy_loss": loss_history, "kl": kl_history}))
+        (out / "history.json").write_text(
+            json.dumps({"reward": reward_history, "policy_loss": loss_history, "kl": kl_history})
+        )
 
     # Generate with the trained model on new prompts.
     model.eval()
@@ -89,7 +120,7 @@ def main() -> None:
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(ppo_trainer.current_device)
         output = model.generate(ids, max_new_tokens=20, do_sample=True, pad_token_id=tokenizer.eos_token_id)
         if ppo_trainer.accelerator.is_main_process:
-            print(prompt, "->", tokenizer.decode(output[0][ids.shape[1]:], skip_special_tokens=True))
+            print(prompt, "->", tokenizer.decode(output[0][ids.shape[1] :], skip_special_tokens=True))
     ppo_trainer.end()
 
 

@@ -13,7 +13,7 @@ valid tokens divided by the same normalizer, so they add up the same way.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

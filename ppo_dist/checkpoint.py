@@ -63,8 +63,12 @@ class CheckpointManager:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
             previous = complete_checkpoints(self.root)
-            intact = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no earlier checkpoint exists"
-            raise CheckpointError(f"writing checkpoint step_{step} to {tmp} failed: {error or 'on another process'}; {intact}")
+            intact = (
+                f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no earlier checkpoint exists"
+            )
+            raise CheckpointError(
+                f"writing checkpoint step_{step} to {tmp} failed: {error or 'on another process'}; {intact}"
+            )
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / COMPLETE).write_text(str(step))
@@ -84,7 +88,9 @@ class CheckpointManager:
             return found[-1][1] if found else None
         path = Path(resume)
         if not (path / COMPLETE).is_file():
-            raise CheckpointError(f"checkpoint.resume={resume!r} is not a complete checkpoint directory (no {COMPLETE} marker)")
+            raise CheckpointError(
+                f"checkpoint.resume={resume!r} is not a complete checkpoint directory (no {COMPLETE} marker)"
+            )
         return path
 
     def maybe_resume(self, resume: str | None) -> int | None:

@@ -23,15 +23,17 @@ class CommandError(Exception):
 
 
 def _plot_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUN_DIR", type=Path,
-                   help="run directory; TensorBoard event files are searched recursively")
-    p.add_argument("-o", "--output", type=Path, default=None,
-                   help="PNG to write (default: RUN_DIR/curves.png)")
-    p.add_argument("--title", default=None,
-                   help="figure title (default: 'PPO 训练曲线 — <run dir name>')")
-    p.add_argument("--tags", default=None,
-                   help="comma-separated tags or globs to plot, e.g. 'env/reward_mean,ppo/loss/*' "
-                        "(default: the standard reward / KL / loss / entropy panels)")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", type=Path, help="run directory; TensorBoard event files are searched recursively"
+    )
+    p.add_argument("-o", "--output", type=Path, default=None, help="PNG to write (default: RUN_DIR/curves.png)")
+    p.add_argument("--title", default=None, help="figure title (default: 'PPO 训练曲线 — <run dir name>')")
+    p.add_argument(
+        "--tags",
+        default=None,
+        help="comma-separated tags or globs to plot, e.g. 'env/reward_mean,ppo/loss/*' "
+        "(default: the standard reward / KL / loss / entropy panels)",
+    )
 
 
 def _plot_run(args: argparse.Namespace) -> int:
@@ -53,15 +55,12 @@ def _plot_run(args: argparse.Namespace) -> int:
 
 SubcommandRun = Callable[[argparse.Namespace], int]
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], SubcommandRun]] = {
-    "plot": ("plot a run's training curves (TensorBoard scalars) to a PNG",
-             _plot_arguments, _plot_run),
+    "plot": ("plot a run's training curves (TensorBoard scalars) to a PNG", _plot_arguments, _plot_run),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ppo_dist", description="Distributed PPO for causal language models."
-    )
+    parser = argparse.ArgumentParser(prog="ppo_dist", description="Distributed PPO for causal language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_, add_arguments, _) in SUBCOMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_, description=help_))

@@ -25,7 +25,8 @@ import difflib
 import logging
 import math
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from accelerate.utils import set_seed
@@ -55,23 +56,60 @@ class AutoModelForCausalLMWithValueHead(CausalLMWithValueHead):
 
 # Legacy fields that ppo_dist implements, with trl 0.11's defaults.
 _LEGACY_DEFAULTS: dict[str, Any] = {
-    "exp_name": "ppo_dist", "seed": 0, "log_with": None, "task_name": None, "model_name": "gpt2",
-    "query_dataset": None, "reward_model": None, "remove_unused_columns": True, "tracker_kwargs": {},
-    "accelerator_kwargs": {}, "project_kwargs": {}, "tracker_project_name": "trl", "push_to_hub_if_best_kwargs": {},
-    "steps": 20000, "learning_rate": 1.41e-5, "adap_kl_ctrl": True, "init_kl_coef": 0.2, "kl_penalty": "kl",
-    "target": 6.0, "horizon": 10000.0, "gamma": 1.0, "lam": 0.95, "cliprange": 0.2, "cliprange_value": 0.2,
-    "vf_coef": 0.1, "batch_size": 128, "forward_batch_size": None, "mini_batch_size": 128,
-    "gradient_accumulation_steps": 1, "world_size": None, "ppo_epochs": 4, "max_grad_norm": None,
-    "optimize_cuda_cache": None, "optimize_device_cache": False, "use_score_scaling": False,
-    "use_score_norm": False, "score_clip": None, "whiten_rewards": False, "gradient_checkpointing": False,
+    "exp_name": "ppo_dist",
+    "seed": 0,
+    "log_with": None,
+    "task_name": None,
+    "model_name": "gpt2",
+    "query_dataset": None,
+    "reward_model": None,
+    "remove_unused_columns": True,
+    "tracker_kwargs": {},
+    "accelerator_kwargs": {},
+    "project_kwargs": {},
+    "tracker_project_name": "trl",
+    "push_to_hub_if_best_kwargs": {},
+    "steps": 20000,
+    "learning_rate": 1.41e-5,
+    "adap_kl_ctrl": True,
+    "init_kl_coef": 0.2,
+    "kl_penalty": "kl",
+    "target": 6.0,
+    "horizon": 10000.0,
+    "gamma": 1.0,
+    "lam": 0.95,
+    "cliprange": 0.2,
+    "cliprange_value": 0.2,
+    "vf_coef": 0.1,
+    "batch_size": 128,
+    "forward_batch_size": None,
+    "mini_batch_size": 128,
+    "gradient_accumulation_steps": 1,
+    "world_size": None,
+    "ppo_epochs": 4,
+    "max_grad_norm": None,
+    "optimize_cuda_cache": None,
+    "optimize_device_cache": False,
+    "use_score_scaling": False,
+    "use_score_norm": False,
+    "score_clip": None,
+    "whiten_rewards": False,
+    "gradient_checkpointing": False,
     # ppo_dist additions, under the legacy naming style
-    "max_new_tokens": 32, "output_dir": "runs/ppo_trainer",
+    "max_new_tokens": 32,
+    "output_dir": "runs/ppo_trainer",
 }
 # Legacy fields ppo_dist accepts only at their legacy value: anything else would be silently ignored.
 _UNSUPPORTED: dict[str, Any] = {
-    "early_stopping": False, "target_kl": 1, "compare_steps": 1, "ratio_threshold": 10.0,
-    "is_encoder_decoder": None, "is_peft_model": None, "backward_batch_size": None,
-    "global_backward_batch_size": None, "global_batch_size": None,
+    "early_stopping": False,
+    "target_kl": 1,
+    "compare_steps": 1,
+    "ratio_threshold": 10.0,
+    "is_encoder_decoder": None,
+    "is_peft_model": None,
+    "backward_batch_size": None,
+    "global_backward_batch_size": None,
+    "global_batch_size": None,
 }
 _KL_PENALTY = {"kl": "k1", "k1": "k1", "k3": "k3"}
 _PRECISION = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
@@ -93,9 +131,13 @@ class PPOConfig:
                 hint = f" Did you mean: {', '.join(close)}?" if close else ""
                 raise ConfigError(f"PPOConfig has no field {name!r}.{hint}")
             if name in _UNSUPPORTED and value != _UNSUPPORTED[name]:
-                raise ConfigError(f"PPOConfig.{name}={value!r} is not supported by ppo_dist (only {_UNSUPPORTED[name]!r})")
+                raise ConfigError(
+                    f"PPOConfig.{name}={value!r} is not supported by ppo_dist (only {_UNSUPPORTED[name]!r})"
+                )
         if kwargs.get("kl_penalty", "kl") not in _KL_PENALTY:
-            raise ConfigError(f"PPOConfig.kl_penalty={kwargs['kl_penalty']!r} is not supported; use one of {sorted(_KL_PENALTY)}")
+            raise ConfigError(
+                f"PPOConfig.kl_penalty={kwargs['kl_penalty']!r} is not supported; use one of {sorted(_KL_PENALTY)}"
+            )
         for name, default in known.items():
             setattr(self, name, copy.deepcopy(kwargs.get(name, default)))
         self.steps_given = "steps" in kwargs
@@ -112,27 +154,45 @@ class PPOConfig:
         cfg.rollout.forward_batch_size = self.forward_batch_size or self.batch_size
         precision = self.accelerator_kwargs.get("mixed_precision", "no")
         if precision not in _PRECISION:
-            raise ConfigError(f"PPOConfig.accelerator_kwargs['mixed_precision']={precision!r}: use one of {sorted(_PRECISION)}")
+            raise ConfigError(
+                f"PPOConfig.accelerator_kwargs['mixed_precision']={precision!r}: use one of {sorted(_PRECISION)}"
+            )
         cfg.model.dtype = _PRECISION[precision]
         p = cfg.ppo
-        p.ppo_epochs, p.cliprange, p.cliprange_value, p.vf_coef = self.ppo_epochs, self.cliprange, self.cliprange_value, self.vf_coef
+        p.ppo_epochs, p.cliprange, p.cliprange_value, p.vf_coef = (
+            self.ppo_epochs,
+            self.cliprange,
+            self.cliprange_value,
+            self.vf_coef,
+        )
         p.gamma, p.lam, p.whiten_rewards = self.gamma, self.lam, self.whiten_rewards
         p.gradient_accumulation_steps = self.gradient_accumulation_steps
         # Legacy: an optimiser step every mini_batch_size * gradient_accumulation_steps samples per process.
         p.mini_batch_size = self.mini_batch_size * self.gradient_accumulation_steps * W
-        p.kl_coef, p.adaptive_kl, p.kl_target, p.kl_horizon = self.init_kl_coef, self.adap_kl_ctrl, self.target, self.horizon
+        p.kl_coef, p.adaptive_kl, p.kl_target, p.kl_horizon = (
+            self.init_kl_coef,
+            self.adap_kl_ctrl,
+            self.target,
+            self.horizon,
+        )
         p.kl_estimator = _KL_PENALTY[self.kl_penalty]
         cfg.optim.lr, cfg.optim.max_grad_norm = self.learning_rate, self.max_grad_norm
         cfg.reward.normalize = bool(self.use_score_norm)
         cfg.reward.clip = self.score_clip
         cfg.train.seed, cfg.train.total_steps = self.seed, self.steps
         cfg.train.output_dir = self.project_kwargs.get("logging_dir", self.output_dir)
-        trackers = self.log_with if isinstance(self.log_with, (list, tuple)) else [self.log_with] if self.log_with else []
+        trackers = (
+            self.log_with if isinstance(self.log_with, (list, tuple)) else [self.log_with] if self.log_with else []
+        )
         cfg.log.trackers, cfg.log.project_name = [str(t) for t in trackers], self.tracker_project_name
         if self.use_score_scaling and not self.use_score_norm:
-            raise ConfigError("PPOConfig.use_score_scaling without use_score_norm is not supported; set use_score_norm=True")
+            raise ConfigError(
+                "PPOConfig.use_score_scaling without use_score_norm is not supported; set use_score_norm=True"
+            )
         if self.batch_size % self.mini_batch_size:
-            raise ConfigError(f"PPOConfig.batch_size={self.batch_size} must be divisible by mini_batch_size={self.mini_batch_size}")
+            raise ConfigError(
+                f"PPOConfig.batch_size={self.batch_size} must be divisible by mini_batch_size={self.mini_batch_size}"
+            )
         return cfg
 
 
@@ -140,7 +200,7 @@ class _Dataloader:
     """Batches of ``batch_size`` samples for this process: ``steps`` of them (cycling, reshuffled
     each epoch) when ``PPOConfig.steps`` was given, else one pass over the dataset as in legacy trl."""
 
-    def __init__(self, trainer: "PPOTrainer", stream: PromptStream, prompt_column: str, collator):
+    def __init__(self, trainer: PPOTrainer, stream: PromptStream, prompt_column: str, collator):
         self.trainer, self.stream, self.prompt_column, self.collator = trainer, stream, prompt_column, collator
         self.position = 0  # global batches handed out so far
 
@@ -153,8 +213,10 @@ class _Dataloader:
         for _ in range(len(self)):
             b = self.stream.local_batch(self.position, acc.process_index, acc.num_processes)
             self.position += 1
-            rows = [{"input_ids": ids, self.prompt_column: text, **{k: v[i] for k, v in b.columns.items()}}
-                    for i, (ids, text) in enumerate(zip(b.input_ids, b.texts))]
+            rows = [
+                {"input_ids": ids, self.prompt_column: text, **{k: v[i] for k, v in b.columns.items()}}
+                for i, (ids, text) in enumerate(zip(b.input_ids, b.texts, strict=True))
+            ]
             yield self.collator(rows)
 
 
@@ -175,14 +237,26 @@ def _text_column(dataset) -> str:
 class PPOTrainer:
     """Legacy ``trl.PPOTrainer``: ``generate`` / ``step`` / ``log_stats`` on ppo_dist's engine."""
 
-    def __init__(self, config: PPOConfig, model=None, ref_model=None, tokenizer=None, dataset=None, optimizer=None,
-                 data_collator=None, num_shared_layers=None, lr_scheduler=None):
+    def __init__(
+        self,
+        config: PPOConfig,
+        model=None,
+        ref_model=None,
+        tokenizer=None,
+        dataset=None,
+        optimizer=None,
+        data_collator=None,
+        num_shared_layers=None,
+        lr_scheduler=None,
+    ):
         if not isinstance(config, PPOConfig):
             raise TypeError(f"config must be a ppo_dist.PPOConfig, got {type(config).__name__}")
         if tokenizer is None:
             raise ValueError("PPOTrainer needs a tokenizer")
         if num_shared_layers is not None:
-            raise ValueError("num_shared_layers is not supported: the reference model is a frozen copy of the initial policy")
+            raise ValueError(
+                "num_shared_layers is not supported: the reference model is a frozen copy of the initial policy"
+            )
         self.config = config
         world = distributed.world_size_from_env()
         self.cfg = cfg = config.to_config(world)
@@ -209,14 +283,18 @@ class PPOTrainer:
             lr_scheduler = LambdaLR(optimizer, lambda _: 1.0)
         self.model, self.optimizer, self.lr_scheduler = acc.prepare(model, optimizer, lr_scheduler)
         self.ref_model = zero.prepare_reference(acc, ref)
-        self.engine = PPOEngine(cfg, acc, self.model, self.ref_model, self.optimizer, self.lr_scheduler, self.tokenizer, plan)
+        self.engine = PPOEngine(
+            cfg, acc, self.model, self.ref_model, self.optimizer, self.lr_scheduler, self.tokenizer, plan
+        )
         self.gen_config = make_generation_config(cfg.rollout, self.tokenizer)
 
         self.dataset, self.dataloader = dataset, None
         if dataset is not None:
             self.dataloader = self.prepare_dataloader(dataset, data_collator)
         if cfg.log.trackers:
-            acc.init_trackers(config.tracker_project_name, config=_flat_hparams(config), init_kwargs=config.tracker_kwargs)
+            acc.init_trackers(
+                config.tracker_project_name, config=_flat_hparams(config), init_kwargs=config.tracker_kwargs
+            )
 
     @property
     def current_device(self) -> torch.device:
@@ -232,16 +310,25 @@ class PPOTrainer:
             column = _text_column(dataset)
         else:
             column = _text_column(dataset)
-            ids = tokenize_prompts(dataset[column], self.tokenizer, self.cfg.data.max_prompt_length, self.cfg.data.truncation)
+            ids = tokenize_prompts(
+                dataset[column], self.tokenizer, self.cfg.data.max_prompt_length, self.cfg.data.truncation
+            )
         stream = PromptStream(dataset, ids, column, self.plan.batch_size, self.config.seed)
         return _Dataloader(self, stream, column, data_collator or _default_collator)
 
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
-    def generate(self, query_tensor: torch.Tensor | list[torch.Tensor], length_sampler=None, batch_size: int = 4,
-                 return_prompt: bool = True, generate_ref_response: bool = False, remove_padding: bool = True,
-                 **generation_kwargs):
+    def generate(
+        self,
+        query_tensor: torch.Tensor | list[torch.Tensor],
+        length_sampler=None,
+        batch_size: int = 4,
+        return_prompt: bool = True,
+        generate_ref_response: bool = False,
+        remove_padding: bool = True,
+        **generation_kwargs,
+    ):
         """Sample responses; a list of 1-D prompts gives a list of 1-D responses (cut after EOS).
 
         A single 1-D (or ``(1, L)``) tensor gives a ``(1, L)`` tensor, as in legacy trl.
@@ -258,7 +345,10 @@ class PPOTrainer:
         # Under bf16/fp16 mixed precision, autocast casts the weights once per call (its cache lives
         # as long as the context), so every decoding step reads half-width weights.
         acc = self.accelerator
-        with zero.gathered_for_generation(acc, self.model, self.cfg.rollout.gather_for_generation) as policy, acc.autocast():
+        with (
+            zero.gathered_for_generation(acc, self.model, self.cfg.rollout.gather_for_generation) as policy,
+            acc.autocast(),
+        ):
             policy.eval()
             out = self._generate(policy, queries, gen, chunk, return_prompt)
         with acc.autocast():
@@ -291,7 +381,7 @@ class PPOTrainer:
             ids, mask = (t.to(device) for t in left_pad(part, pad))
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
             responses, response_mask = truncate_at_eos(out[:, ids.shape[1] :], eos, pad)
-            for q, r, m in zip(part, responses, response_mask):
+            for q, r, m in zip(part, responses, response_mask, strict=True):
                 r = r[: int(m.sum())]
                 results.append(torch.cat([q.to(device), r]) if return_prompt else r)
         return results
@@ -328,16 +418,23 @@ class PPOTrainer:
             if not isinstance(value, (list, tuple)):
                 raise ValueError(f"{name} must be a list, got {type(value).__name__}")
         if not len(queries) == len(responses) == len(scores):
-            raise ValueError(f"queries, responses and scores must have the same length, got {len(queries)}, {len(responses)}, {len(scores)}")
+            raise ValueError(
+                f"queries, responses and scores must have the same length, got {len(queries)}, {len(responses)}, "
+                f"{len(scores)}"
+            )
         if len(queries) != n:
-            raise ValueError(f"step got {len(queries)} samples but PPOConfig.batch_size={n} (samples per process and step)")
+            raise ValueError(
+                f"step got {len(queries)} samples but PPOConfig.batch_size={n} (samples per process and step)"
+            )
         _check_id_list("queries", queries)
         _check_id_list("responses", responses)
         if any(len(r) == 0 for r in responses):
             raise ValueError("responses must not be empty: an empty response has no token to learn from")
         return _scores_tensor(scores)
 
-    def log_stats(self, stats: dict, batch: dict, rewards: Sequence, columns_to_log: Sequence[str] = ("query", "response")) -> None:
+    def log_stats(
+        self, stats: dict, batch: dict, rewards: Sequence, columns_to_log: Sequence[str] = ("query", "response")
+    ) -> None:
         """Write ``stats`` (and a table of samples, main process only) to the configured tracker."""
         acc = self.accelerator
         if not self.cfg.log.trackers:
@@ -346,10 +443,12 @@ class PPOTrainer:
         acc.log(scalars, step=self.engine.global_step)
         if acc.is_main_process and "tensorboard" in self.cfg.log.trackers and all(c in batch for c in columns_to_log):
             writer = acc.get_tracker("tensorboard", unwrap=True)
-            rows = zip(*(batch[c] for c in columns_to_log), [float(_scalar(x)) for x in rewards])
+            rows = zip(*(batch[c] for c in columns_to_log), [float(_scalar(x)) for x in rewards], strict=True)
             header = " | ".join([*columns_to_log, "reward"])
-            table = "\n".join([header, " | ".join(["---"] * (len(columns_to_log) + 1))] +
-                              [" | ".join(str(v).replace("|", "/").replace("\n", " ") for v in row) for row in rows])
+            table = "\n".join(
+                [header, " | ".join(["---"] * (len(columns_to_log) + 1))]
+                + [" | ".join(str(v).replace("|", "/").replace("\n", " ") for v in row) for row in rows]
+            )
             writer.add_text("game_log", table, self.engine.global_step)
 
     def save_pretrained(self, save_directory: str) -> None:
@@ -372,7 +471,9 @@ def _as_value_head_model(model) -> CausalLMWithValueHead:
         return model
     if isinstance(model, (str, PreTrainedModel)):
         return AutoModelForCausalLMWithValueHead.from_pretrained(model)
-    raise TypeError(f"model must be an AutoModelForCausalLMWithValueHead, a causal LM or a path, got {type(model).__name__}")
+    raise TypeError(
+        f"model must be an AutoModelForCausalLMWithValueHead, a causal LM or a path, got {type(model).__name__}"
+    )
 
 
 def _check_id_list(name: str, seqs: Sequence) -> None:
@@ -380,7 +481,9 @@ def _check_id_list(name: str, seqs: Sequence) -> None:
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name}[{i}] must be a torch.Tensor of token ids, got {type(t).__name__}")
         if t.dim() != 1 or t.is_floating_point():
-            raise ValueError(f"{name}[{i}] must be a 1-D integer tensor of token ids, got shape {tuple(t.shape)} dtype {t.dtype}")
+            raise ValueError(
+                f"{name}[{i}] must be a 1-D integer tensor of token ids, got shape {tuple(t.shape)} dtype {t.dtype}"
+            )
 
 
 def _scalar(x) -> float:
@@ -407,4 +510,8 @@ def _scores_tensor(scores: Sequence) -> torch.Tensor:
 
 
 def _flat_hparams(config: PPOConfig) -> dict:
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k in _LEGACY_DEFAULTS if (v := getattr(config, k)) is not None}
+    return {
+        k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+        for k in _LEGACY_DEFAULTS
+        if (v := getattr(config, k)) is not None
+    }

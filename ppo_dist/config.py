@@ -62,10 +62,14 @@ SEED_PROMPTS = [
 class ModelConfig:
     name_or_path: str | None = doc_field(None, "HF causal LM (local dir or hub name); empty = embedded tiny GPT-2")
     ref_name_or_path: str | None = doc_field(None, "reference model; empty = frozen copy of the initial policy")
-    tokenizer_name_or_path: str | None = doc_field(None, "tokenizer; empty = the policy's (embedded model: shipped BPE)")
+    tokenizer_name_or_path: str | None = doc_field(
+        None, "tokenizer; empty = the policy's (embedded model: shipped BPE)"
+    )
     dtype: str = doc_field("fp32", "precision via accelerate mixed precision: fp32 | bf16 | fp16")
     trust_remote_code: bool = doc_field(False, "pass trust_remote_code to from_pretrained")
-    disable_dropout: bool = doc_field(True, "set every dropout probability to 0 (PPO ratios need a deterministic policy)")
+    disable_dropout: bool = doc_field(
+        True, "set every dropout probability to 0 (PPO ratios need a deterministic policy)"
+    )
     tiny_n_layer: int = doc_field(2, "embedded model: transformer layers")
     tiny_n_embd: int = doc_field(64, "embedded model: hidden size")
     tiny_n_head: int = doc_field(4, "embedded model: attention heads")
@@ -93,7 +97,11 @@ class RolloutConfig:
     top_p: float = doc_field(1.0, "nucleus sampling; 1.0 = off")
     do_sample: bool = doc_field(True, "sample (true) or greedy decode (false)")
     generation_batch_size: int = doc_field(0, "prompts per generate() call on a process; 0 = the whole local batch")
-    gather_for_generation: bool = doc_field(True, "ZeRO-3: gather the policy once per rollout for generate (fast; needs the full model to fit on one device) instead of layer by layer at every token")
+    gather_for_generation: bool = doc_field(
+        True,
+        "ZeRO-3: gather the policy once per rollout for generate (fast; needs the full model to fit on one device) "
+        "instead of layer by layer at every token",
+    )
     forward_batch_size: int = doc_field(16, "samples per micro-batch for logprob/value passes on a process")
 
 
@@ -132,20 +140,33 @@ class OptimConfig:
 
 @dataclass
 class RewardConfig:
-    functions: list = doc_field(["chinese_rule"], "reward functions: built-in name, module:fn, file.py:fn, reward_model, http or an http(s):// URL")
+    functions: list = doc_field(
+        ["chinese_rule"],
+        "reward functions: built-in name, module:fn, file.py:fn, reward_model, http or an http(s):// URL",
+    )
     weights: list | None = doc_field(None, "one weight per function; empty = all 1.0")
     timeout: float = doc_field(60.0, "seconds one reward function call may take before it fails (RewardError)")
-    on_invalid: str = doc_field("error", "NaN/inf/None/non-number reward value: error (raise) | skip_sample (drop the sample, count it)")
+    on_invalid: str = doc_field(
+        "error", "NaN/inf/None/non-number reward value: error (raise) | skip_sample (drop the sample, count it)"
+    )
     length_target: int = doc_field(50, "built-in length: characters that earn the full 1.0")
     words: list = doc_field([], "built-in contains_any: 1.0 when the completion contains any of these words")
-    model_path: str | None = doc_field(None, "reward_model: local dir of a sequence-classification model (num_labels=1) and its tokenizer")
+    model_path: str | None = doc_field(
+        None, "reward_model: local dir of a sequence-classification model (num_labels=1) and its tokenizer"
+    )
     model_max_length: int = doc_field(512, "reward_model: tokens scored per prompt+completion, truncated from the left")
     model_batch_size: int = doc_field(16, "reward_model: texts per forward pass on a process")
-    url: str | None = doc_field(None, "http: reward service URL, POSTed {prompts, completions, <columns>}, answers {rewards}")
+    url: str | None = doc_field(
+        None, "http: reward service URL, POSTed {prompts, completions, <columns>}, answers {rewards}"
+    )
     http_timeout: float = doc_field(10.0, "http: seconds per request attempt")
-    http_retries: int = doc_field(3, "http: extra attempts after a connection error, timeout or 5xx (never after a 4xx)")
+    http_retries: int = doc_field(
+        3, "http: extra attempts after a connection error, timeout or 5xx (never after a 4xx)"
+    )
     http_backoff: float = doc_field(0.5, "http: seconds before the first retry, doubled for each further one")
-    no_eos_penalty: float | None = doc_field(None, "added to the score of responses that never produced EOS (use a negative value); empty = off")
+    no_eos_penalty: float | None = doc_field(
+        None, "added to the score of responses that never produced EOS (use a negative value); empty = off"
+    )
     scale: float = doc_field(1.0, "scores are multiplied by this (after the EOS penalty)")
     normalize: bool = doc_field(False, "standardise scores with running mean/std over all processes and steps")
     clip: float | None = doc_field(None, "clip final scores to [-clip, clip]; empty = off")
@@ -154,16 +175,34 @@ class RewardConfig:
         """Reward-section checks; ``validate(cfg)`` calls this."""
         fns, w = self.functions, self.weights
         _check(len(fns) > 0, "reward.functions must name at least one reward")
-        _check(w is None or len(w) == len(fns), f"reward.weights has {0 if w is None else len(w)} entries but reward.functions has {len(fns)}")
+        _check(
+            w is None or len(w) == len(fns),
+            f"reward.weights has {0 if w is None else len(w)} entries but reward.functions has {len(fns)}",
+        )
         _check(self.timeout > 0, f"reward.timeout must be > 0 seconds, got {self.timeout}")
-        _check(self.on_invalid in ("error", "skip_sample"), f"reward.on_invalid must be error or skip_sample, got {self.on_invalid!r}")
+        _check(
+            self.on_invalid in ("error", "skip_sample"),
+            f"reward.on_invalid must be error or skip_sample, got {self.on_invalid!r}",
+        )
         _check(self.length_target > 0, f"reward.length_target must be > 0, got {self.length_target}")
-        _check("contains_any" not in fns or len(self.words) > 0, "reward.functions has contains_any but reward.words is empty")
-        _check("reward_model" not in fns or bool(self.model_path), "reward.functions has reward_model but reward.model_path is empty")
-        _check(self.model_max_length > 0 and self.model_batch_size > 0, "reward.model_max_length and reward.model_batch_size must be > 0")
+        _check(
+            "contains_any" not in fns or len(self.words) > 0,
+            "reward.functions has contains_any but reward.words is empty",
+        )
+        _check(
+            "reward_model" not in fns or bool(self.model_path),
+            "reward.functions has reward_model but reward.model_path is empty",
+        )
+        _check(
+            self.model_max_length > 0 and self.model_batch_size > 0,
+            "reward.model_max_length and reward.model_batch_size must be > 0",
+        )
         _check("http" not in fns or bool(self.url), "reward.functions has http but reward.url is empty")
-        _check(self.http_timeout > 0 and self.http_retries >= 0 and self.http_backoff >= 0,
-               f"reward.http_timeout must be > 0, http_retries and http_backoff >= 0, got {self.http_timeout}, {self.http_retries}, {self.http_backoff}")
+        _check(
+            self.http_timeout > 0 and self.http_retries >= 0 and self.http_backoff >= 0,
+            f"reward.http_timeout must be > 0, http_retries and http_backoff >= 0, got {self.http_timeout}, "
+            f"{self.http_retries}, {self.http_backoff}",
+        )
         _check(self.scale > 0, f"reward.scale must be > 0, got {self.scale}")
         _check(self.clip is None or self.clip > 0, f"reward.clip must be > 0 or empty, got {self.clip}")
 
@@ -175,11 +214,25 @@ class TrainConfig:
     output_dir: str = doc_field("runs/default", "where the final model, logs and checkpoints go")
     save_final_model: bool = doc_field(True, "save the final policy + tokenizer with save_pretrained")
     collective_timeout: int = doc_field(1800, "seconds a process waits in a collective before failing (dead peer)")
-    cpu_malloc_reuse: bool = doc_field(True, "training on CPU with glibc: keep freed memory in the process for reuse (mallopt) instead of returning it to the kernel after every large tensor; faster, holds more resident memory")
-    max_bad_steps: int = doc_field(3, "stop (NumericsError) after this many consecutive PPO steps with skipped updates or non-finite statistics")
-    max_kl: float | None = doc_field(None, "KL guard: sequence KL to the reference (objective/kl, nats) above which train.kl_guard acts; empty = off")
-    min_entropy: float | None = doc_field(None, "KL guard: objective/entropy (nats per response) below which train.kl_guard acts; empty = off")
-    kl_guard: str = doc_field("stop", "when train.max_kl / train.min_entropy is crossed: warn (log, go on) | stop (KLGuardError; that step is not checkpointed)")
+    cpu_malloc_reuse: bool = doc_field(
+        True,
+        "training on CPU with glibc: keep freed memory in the process for reuse (mallopt) instead of returning it to "
+        "the kernel after every large tensor; faster, holds more resident memory",
+    )
+    max_bad_steps: int = doc_field(
+        3, "stop (NumericsError) after this many consecutive PPO steps with skipped updates or non-finite statistics"
+    )
+    max_kl: float | None = doc_field(
+        None, "KL guard: sequence KL to the reference (objective/kl, nats) above which train.kl_guard acts; empty = off"
+    )
+    min_entropy: float | None = doc_field(
+        None, "KL guard: objective/entropy (nats per response) below which train.kl_guard acts; empty = off"
+    )
+    kl_guard: str = doc_field(
+        "stop",
+        "when train.max_kl / train.min_entropy is crossed: warn (log, go on) | stop (KLGuardError; that step is not "
+        "checkpointed)",
+    )
 
 
 @dataclass
@@ -187,7 +240,9 @@ class LogConfig:
     log_every: int = doc_field(1, "write scalars every N PPO steps")
     trackers: list = doc_field(["tensorboard"], "accelerate trackers: tensorboard, wandb, mlflow, ... ([] = none)")
     project_name: str = doc_field("ppo_dist", "tracker project / run name")
-    samples_every: int = doc_field(10, "TensorBoard: a table of sample prompts/completions/rewards every N steps; 0 = never")
+    samples_every: int = doc_field(
+        10, "TensorBoard: a table of sample prompts/completions/rewards every N steps; 0 = never"
+    )
     progress_bar: bool = doc_field(True, "show a progress bar on the main process")
 
 
@@ -222,7 +277,10 @@ class Config:
 
 
 def _sections(cfg_cls: type = Config) -> dict[str, type]:
-    return {f.name: f.type if isinstance(f.type, type) else typing.get_type_hints(cfg_cls)[f.name] for f in dataclasses.fields(cfg_cls)}
+    return {
+        f.name: f.type if isinstance(f.type, type) else typing.get_type_hints(cfg_cls)[f.name]
+        for f in dataclasses.fields(cfg_cls)
+    }
 
 
 def _suggest(name: str, options: list[str]) -> str:
@@ -306,8 +364,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
         for f in dataclasses.fields(getattr(defaults, sec.name)):
             default = getattr(getattr(defaults, sec.name), f.name)
             group.add_argument(
-                f"--{sec.name}.{f.name}", dest=f"{sec.name}.{f.name}", default=argparse.SUPPRESS,
-                metavar="VALUE", help=f"{f.metadata.get('doc', '')} (default: {default!r})",
+                f"--{sec.name}.{f.name}",
+                dest=f"{sec.name}.{f.name}",
+                default=argparse.SUPPRESS,
+                metavar="VALUE",
+                help=f"{f.metadata.get('doc', '')} (default: {default!r})",
             )
     return parser
 
@@ -359,11 +420,35 @@ class BatchPlan:
 
 def plan_batches(cfg: Config, world_size: int) -> BatchPlan:
     r, p = cfg.rollout, cfg.ppo
-    local_batch = exact_div(r.batch_size, world_size, f"rollout.batch_size={r.batch_size} must be divisible by the world size={world_size}")
-    n_mini = exact_div(r.batch_size, p.mini_batch_size, f"rollout.batch_size={r.batch_size} must be divisible by ppo.mini_batch_size={p.mini_batch_size}")
-    local_mini = exact_div(p.mini_batch_size, world_size, f"ppo.mini_batch_size={p.mini_batch_size} must be divisible by the world size={world_size}")
-    local_micro = exact_div(local_mini, p.gradient_accumulation_steps, f"per-process mini batch ppo.mini_batch_size/world_size={local_mini} must be divisible by ppo.gradient_accumulation_steps={p.gradient_accumulation_steps}")
-    return BatchPlan(world_size, r.batch_size, p.mini_batch_size, local_batch, local_mini, local_micro, p.gradient_accumulation_steps, n_mini)
+    local_batch = exact_div(
+        r.batch_size, world_size, f"rollout.batch_size={r.batch_size} must be divisible by the world size={world_size}"
+    )
+    n_mini = exact_div(
+        r.batch_size,
+        p.mini_batch_size,
+        f"rollout.batch_size={r.batch_size} must be divisible by ppo.mini_batch_size={p.mini_batch_size}",
+    )
+    local_mini = exact_div(
+        p.mini_batch_size,
+        world_size,
+        f"ppo.mini_batch_size={p.mini_batch_size} must be divisible by the world size={world_size}",
+    )
+    local_micro = exact_div(
+        local_mini,
+        p.gradient_accumulation_steps,
+        f"per-process mini batch ppo.mini_batch_size/world_size={local_mini} must be divisible by "
+        f"ppo.gradient_accumulation_steps={p.gradient_accumulation_steps}",
+    )
+    return BatchPlan(
+        world_size,
+        r.batch_size,
+        p.mini_batch_size,
+        local_batch,
+        local_mini,
+        local_micro,
+        p.gradient_accumulation_steps,
+        n_mini,
+    )
 
 
 def _check(ok: bool, message: str) -> None:
@@ -377,22 +462,33 @@ def validate(cfg: Config, world_size: int = 1) -> BatchPlan:
     _check(m.dtype in ("fp32", "bf16", "fp16"), f"model.dtype must be fp32, bf16 or fp16, got {m.dtype!r}")
     _check(d.truncation in ("left", "error"), f"data.truncation must be left or error, got {d.truncation!r}")
     _check(d.max_prompt_length > 0, f"data.max_prompt_length must be > 0, got {d.max_prompt_length}")
-    _check(bool(d.path or d.dataset_name or d.prompts), "data: give data.path, data.dataset_name or a non-empty data.prompts list")
+    _check(
+        bool(d.path or d.dataset_name or d.prompts),
+        "data: give data.path, data.dataset_name or a non-empty data.prompts list",
+    )
     _check(r.batch_size > 0, f"rollout.batch_size must be > 0, got {r.batch_size}")
     _check(r.max_new_tokens > 0, f"rollout.max_new_tokens must be > 0, got {r.max_new_tokens}")
     _check(r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
     _check(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
-    _check(r.top_k >= 0 and r.generation_batch_size >= 0, "rollout.top_k and rollout.generation_batch_size must be >= 0")
+    _check(
+        r.top_k >= 0 and r.generation_batch_size >= 0, "rollout.top_k and rollout.generation_batch_size must be >= 0"
+    )
     _check(r.forward_batch_size > 0, f"rollout.forward_batch_size must be > 0, got {r.forward_batch_size}")
     _check(p.ppo_epochs > 0, f"ppo.ppo_epochs must be > 0, got {p.ppo_epochs}")
-    _check(p.mini_batch_size > 0 and p.gradient_accumulation_steps > 0, "ppo.mini_batch_size and ppo.gradient_accumulation_steps must be > 0")
+    _check(
+        p.mini_batch_size > 0 and p.gradient_accumulation_steps > 0,
+        "ppo.mini_batch_size and ppo.gradient_accumulation_steps must be > 0",
+    )
     _check(p.cliprange > 0 and p.cliprange_value > 0, "ppo.cliprange and ppo.cliprange_value must be > 0")
     _check(0 <= p.gamma <= 1 and 0 <= p.lam <= 1, f"ppo.gamma={p.gamma} and ppo.lam={p.lam} must be in [0, 1]")
     _check(p.kl_coef >= 0, f"ppo.kl_coef must be >= 0, got {p.kl_coef}")
     _check(p.kl_estimator in ("k1", "k3"), f"ppo.kl_estimator must be k1 or k3, got {p.kl_estimator!r}")
     _check(p.kl_target > 0 and p.kl_horizon > 0, "ppo.kl_target and ppo.kl_horizon must be > 0")
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-    _check(o.lr_scheduler in ("constant", "linear", "cosine"), f"optim.lr_scheduler must be constant, linear or cosine, got {o.lr_scheduler!r}")
+    _check(
+        o.lr_scheduler in ("constant", "linear", "cosine"),
+        f"optim.lr_scheduler must be constant, linear or cosine, got {o.lr_scheduler!r}",
+    )
     _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     _check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
     _check(t.max_bad_steps > 0, f"train.max_bad_steps must be > 0, got {t.max_bad_steps}")
@@ -400,6 +496,9 @@ def validate(cfg: Config, world_size: int = 1) -> BatchPlan:
     _check(t.kl_guard in ("warn", "stop"), f"train.kl_guard must be warn or stop, got {t.kl_guard!r}")
     _check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
     _check(lg.samples_every >= 0, f"log.samples_every must be >= 0, got {lg.samples_every}")
-    _check(ck.every >= 0 and ck.keep > 0, f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}")
+    _check(
+        ck.every >= 0 and ck.keep > 0,
+        f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}",
+    )
     cfg.reward.validate()
     return plan_batches(cfg, world_size)

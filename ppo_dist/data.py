@@ -33,7 +33,10 @@ def load_prompt_dataset(cfg: DataConfig):
         else:
             builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix.lower())
             if builder is None:
-                raise ConfigError(f"data.path {cfg.path!r}: unsupported file type {path.suffix!r} (use .jsonl, .json, .csv or .parquet)")
+                raise ConfigError(
+                    f"data.path {cfg.path!r}: unsupported file type {path.suffix!r} (use .jsonl, .json, .csv or "
+                    ".parquet)"
+                )
             ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     elif cfg.dataset_name:
         ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config, split=cfg.split)
@@ -44,7 +47,10 @@ def load_prompt_dataset(cfg: DataConfig):
             raise ConfigError(f"data.split {cfg.split!r} not in the dataset; available splits: {', '.join(ds)}")
         ds = ds[cfg.split]
     if cfg.prompt_column not in ds.column_names:
-        raise ConfigError(f"data.prompt_column {cfg.prompt_column!r} not in the dataset; available columns: {', '.join(ds.column_names)}")
+        raise ConfigError(
+            f"data.prompt_column {cfg.prompt_column!r} not in the dataset; available columns: "
+            f"{', '.join(ds.column_names)}"
+        )
     if len(ds) == 0:
         raise ConfigError("the prompt dataset is empty")
     return ds
@@ -59,13 +65,17 @@ def tokenize_prompts(texts: list[str], tokenizer, max_length: int, truncation: s
     for i, ids in enumerate(encoded):
         if len(ids) > max_length:
             if truncation == "error":
-                raise ConfigError(f"prompt {i} has {len(ids)} tokens > data.max_prompt_length={max_length} ({texts[i][:60]!r}...)")
+                raise ConfigError(
+                    f"prompt {i} has {len(ids)} tokens > data.max_prompt_length={max_length} ({texts[i][:60]!r}...)"
+                )
             ids, n_long = ids[-max_length:], n_long + 1
         if not ids:
             ids, n_empty = [start], n_empty + 1
         out.append(torch.tensor(ids, dtype=torch.long))
     if n_long:
-        logger.warning("%d prompt(s) longer than data.max_prompt_length=%d were truncated from the left", n_long, max_length)
+        logger.warning(
+            "%d prompt(s) longer than data.max_prompt_length=%d were truncated from the left", n_long, max_length
+        )
     if n_empty:
         logger.warning("%d empty prompt(s) start from the BOS token alone", n_empty)
     return out
@@ -89,7 +99,11 @@ class PromptStream:
         self.batch_size, self.seed = batch_size, seed
         self._perm_cache: dict[int, torch.Tensor] = {}
         if len(dataset) < batch_size:
-            logger.warning("dataset has %d prompts < rollout.batch_size=%d: prompts repeat within a batch", len(dataset), batch_size)
+            logger.warning(
+                "dataset has %d prompts < rollout.batch_size=%d: prompts repeat within a batch",
+                len(dataset),
+                batch_size,
+            )
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -37,7 +37,9 @@ def reuse_freed_cpu_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        applied = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
+        applied = (
+            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
+        )
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         return False
     logger.debug("glibc malloc: mmap threshold %d, trim threshold %d (%s)", _MMAP_THRESHOLD_MAX, _INT_MAX, applied)
@@ -67,12 +69,15 @@ def build_accelerator(cfg: Config, plan: BatchPlan) -> Accelerator:
         logger.info("train.cpu_malloc_reuse: no glibc mallopt on this platform; the allocator is left as it is")
     if accelerator.num_processes != plan.world_size:
         raise RuntimeError(
-            f"the launcher reported WORLD_SIZE={plan.world_size} but accelerate started {accelerator.num_processes} processes"
+            f"the launcher reported WORLD_SIZE={plan.world_size} but accelerate started {accelerator.num_processes} "
+            "processes"
         )
     return accelerator
 
 
-def gather_padded(accelerator: Accelerator, t: torch.Tensor, pad_value: float | int = 0, pad_first: bool = False) -> torch.Tensor:
+def gather_padded(
+    accelerator: Accelerator, t: torch.Tensor, pad_value: float | int = 0, pad_first: bool = False
+) -> torch.Tensor:
     """Concatenate a ``(B_local, T_local)`` tensor from every process along dim 0, padding dim 1."""
     if accelerator.num_processes == 1:
         return t

@@ -49,11 +49,20 @@ class CausalLMWithValueHead(nn.Module):
     def generation_config(self):
         return self.pretrained_model.generation_config
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, logits_to_keep: int = 0, **kwargs):
+    def forward(
+        self, input_ids, attention_mask=None, position_ids=None, labels=None, logits_to_keep: int = 0, **kwargs
+    ):
         extra = {"logits_to_keep": logits_to_keep} if (logits_to_keep and self._supports_logits_to_keep) else {}
         out = self.pretrained_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, labels=labels,
-            output_hidden_states=True, use_cache=False, return_dict=True, **extra, **kwargs,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            output_hidden_states=True,
+            use_cache=False,
+            return_dict=True,
+            **extra,
+            **kwargs,
         )
         hidden = out.hidden_states[-1]
         logits = out.logits
@@ -73,15 +82,17 @@ class CausalLMWithValueHead(nn.Module):
         """Save the LM as a normal HF directory, plus ``value_head.pt`` beside it."""
         save_directory = Path(save_directory)
         if state_dict is not None:
-            lm_state = {k[len("pretrained_model."):]: v for k, v in state_dict.items() if k.startswith("pretrained_model.")}
-            head_state = {k[len("v_head."):]: v for k, v in state_dict.items() if k.startswith("v_head.")}
+            lm_state = {
+                k[len("pretrained_model.") :]: v for k, v in state_dict.items() if k.startswith("pretrained_model.")
+            }
+            head_state = {k[len("v_head.") :]: v for k, v in state_dict.items() if k.startswith("v_head.")}
         else:
             lm_state, head_state = None, self.v_head.state_dict()
         self.pretrained_model.save_pretrained(save_directory, state_dict=lm_state, **kwargs)
         torch.save({k: v.detach().cpu() for k, v in head_state.items()}, save_directory / VALUE_HEAD_FILE)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike | PreTrainedModel, **kwargs) -> "CausalLMWithValueHead":
+    def from_pretrained(cls, name_or_path: str | os.PathLike | PreTrainedModel, **kwargs) -> CausalLMWithValueHead:
         """Load an HF causal LM (path, hub name or model object); restore a saved value head if present."""
         lm = name_or_path if isinstance(name_or_path, PreTrainedModel) else load_causal_lm(str(name_or_path), **kwargs)
         model = cls(lm)
@@ -101,7 +112,9 @@ def _hidden_size(config) -> int:
 def load_causal_lm(name_or_path: str, **kwargs) -> PreTrainedModel:
     """``AutoModelForCausalLM.from_pretrained`` with one clear error for a bad path or model type."""
     local = Path(name_or_path)
-    if (name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path and not _looks_like_hub_id(name_or_path)) and not local.exists():
+    if (
+        name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path and not _looks_like_hub_id(name_or_path)
+    ) and not local.exists():
         raise ModelLoadError(f"model path {name_or_path!r} does not exist")
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
@@ -124,9 +137,14 @@ def disable_dropout(model: nn.Module) -> None:
 def build_tiny_gpt2(cfg: ModelConfig, tokenizer) -> GPT2LMHeadModel:
     """The embedded default: a GPT-2-shaped model built from a config (seeded by the caller)."""
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=cfg.tiny_n_positions, n_embd=cfg.tiny_n_embd,
-        n_layer=cfg.tiny_n_layer, n_head=cfg.tiny_n_head, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=cfg.tiny_n_positions,
+        n_embd=cfg.tiny_n_embd,
+        n_layer=cfg.tiny_n_layer,
+        n_head=cfg.tiny_n_head,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return GPT2LMHeadModel(config)
 
@@ -167,7 +185,11 @@ def build_models(cfg: ModelConfig, tokenizer) -> tuple[CausalLMWithValueHead, Pr
         policy = CausalLMWithValueHead(build_tiny_gpt2(cfg, tokenizer))
     if policy.config.pad_token_id is None:
         policy.config.pad_token_id = tokenizer.pad_token_id
-    ref = load_causal_lm(cfg.ref_name_or_path, **kwargs) if cfg.ref_name_or_path else copy.deepcopy(policy.pretrained_model)
+    ref = (
+        load_causal_lm(cfg.ref_name_or_path, **kwargs)
+        if cfg.ref_name_or_path
+        else copy.deepcopy(policy.pretrained_model)
+    )
     if cfg.disable_dropout:
         disable_dropout(policy)
         disable_dropout(ref)

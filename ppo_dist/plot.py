@@ -46,25 +46,17 @@ def read_scalars(run_dir: str | Path) -> Scalars:
         raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
     files = sorted(p for p in run_dir.rglob(EVENT_GLOB) if p.is_file())
     if not files:
-        raise ValueError(
-            f"no TensorBoard event files ({EVENT_GLOB}) under {str(run_dir)!r}"
-        )
+        raise ValueError(f"no TensorBoard event files ({EVENT_GLOB}) under {str(run_dir)!r}")
 
     # tag -> list of (wall_time, file_order, step, value); file_order breaks wall-time ties.
     rows: dict[str, list[tuple[float, int, int, float]]] = {}
     for order, path in enumerate(files):
-        acc = event_accumulator.EventAccumulator(
-            str(path), size_guidance={event_accumulator.SCALARS: 0}
-        )
+        acc = event_accumulator.EventAccumulator(str(path), size_guidance={event_accumulator.SCALARS: 0})
         acc.Reload()
         for tag in acc.Tags()[event_accumulator.SCALARS]:
-            rows.setdefault(tag, []).extend(
-                (e.wall_time, order, e.step, e.value) for e in acc.Scalars(tag)
-            )
+            rows.setdefault(tag, []).extend((e.wall_time, order, e.step, e.value) for e in acc.Scalars(tag))
     if not rows:
-        raise ValueError(
-            f"the {len(files)} event file(s) under {str(run_dir)!r} contain no scalars"
-        )
+        raise ValueError(f"the {len(files)} event file(s) under {str(run_dir)!r} contain no scalars")
 
     scalars: Scalars = {}
     for tag, events in rows.items():
@@ -127,9 +119,7 @@ def _find_cjk_font_cached() -> str | None:
         return None
 
     for family in PREFERRED_CJK_FAMILIES:
-        found = covered(lambda n, f=family: n == f) or covered(
-            lambda n, f=family: n.startswith(f)
-        )
+        found = covered(lambda n, f=family: n == f) or covered(lambda n, f=family: n.startswith(f))
         if found:
             return found
     return covered(lambda n: any(h in n.lower() for h in _CJK_NAME_HINTS))
@@ -211,8 +201,7 @@ def _select_tags(available: Scalars, patterns: list[str]) -> set[str]:
         matched = fnmatch.filter(available, pattern)
         if not matched:
             raise ValueError(
-                f"tag {pattern!r} matches no scalar in the run; available tags: "
-                f"{', '.join(sorted(available))}"
+                f"tag {pattern!r} matches no scalar in the run; available tags: {', '.join(sorted(available))}"
             )
         chosen.update(matched)
     return chosen
@@ -240,8 +229,14 @@ def _panels_for(scalars: Scalars, tags: list[str] | None) -> list[Panel]:
             main, twin, ylabel = twin, (), p.twin_ylabel
         if main:
             panels.append(
-                Panel(p.title, ylabel, main, twin, p.twin_ylabel,
-                      tuple(b for b in p.band if b[0] in main and b[1] in scalars))
+                Panel(
+                    p.title,
+                    ylabel,
+                    main,
+                    twin,
+                    p.twin_ylabel,
+                    tuple(b for b in p.band if b[0] in main and b[1] in scalars),
+                )
             )
     panels += [Panel(title=t, ylabel=t, tags=(t,)) for t in extra]
     return panels
@@ -257,9 +252,14 @@ def _draw_panel(ax, panel: Panel, scalars: Scalars) -> None:
         if tag in bands:
             std_steps, std = scalars[bands[tag]]
             common, i, j = np.intersect1d(steps, std_steps, return_indices=True)
-            ax.fill_between(common, values[i] - std[j], values[i] + std[j],
-                            color=line.get_color(), alpha=0.2,
-                            label=f"± {bands[tag].rsplit('/', 1)[-1]}")
+            ax.fill_between(
+                common,
+                values[i] - std[j],
+                values[i] + std[j],
+                color=line.get_color(),
+                alpha=0.2,
+                label=f"± {bands[tag].rsplit('/', 1)[-1]}",
+            )
     ax.set_title(panel.title)
     ax.set_xlabel(STEP_LABEL)
     ax.set_ylabel(panel.ylabel)
@@ -270,8 +270,7 @@ def _draw_panel(ax, panel: Panel, scalars: Scalars) -> None:
         twin = ax.twinx()
         for k, tag in enumerate(panel.twin_tags):
             steps, values = scalars[tag]
-            twin.plot(steps, values, label=f"{tag} (右轴 right axis)", linestyle="--",
-                      color=f"C{len(panel.tags) + k}")
+            twin.plot(steps, values, label=f"{tag} (右轴 right axis)", linestyle="--", color=f"C{len(panel.tags) + k}")
         twin.set_ylabel(panel.twin_ylabel)
         h2, l2 = twin.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
@@ -329,9 +328,9 @@ def plot_run(
         fig = Figure(figsize=(7 * ncols, 4.2 * nrows))
         FigureCanvasAgg(fig)
         axes = fig.subplots(nrows, ncols, squeeze=False)
-        for ax, panel in zip(axes.flat, panels):
+        for ax, panel in zip(axes.flat, panels, strict=False):
             _draw_panel(ax, panel, scalars)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         fig.suptitle(title, fontsize="x-large")
         fig.tight_layout()

@@ -71,9 +71,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -198,11 +199,18 @@ class RewardModelScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path)
         if model.config.num_labels != 1:
-            raise RewardError(f"reward_model {path!r} has num_labels={model.config.num_labels}; a reward model needs exactly 1 (score = logits[:, 0])")
+            raise RewardError(
+                f"reward_model {path!r} has num_labels={model.config.num_labels}; a reward model needs exactly 1 "
+                "(score = logits[:, 0])"
+            )
         if self.tokenizer.pad_token is None:
             if self.tokenizer.eos_token is None:
                 raise RewardError(f"reward_model {path!r}: its tokenizer has neither a pad nor an EOS token")
-            logger.warning("reward_model %s: tokenizer has no pad token; using its EOS token %r for padding", path, self.tokenizer.eos_token)
+            logger.warning(
+                "reward_model %s: tokenizer has no pad token; using its EOS token %r for padding",
+                path,
+                self.tokenizer.eos_token,
+            )
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -220,12 +228,19 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **_columns: object) -> torch.Tensor:
-        texts = [p + c for p, c in zip(prompts, completions)]
+        texts = [p + c for p, c in zip(prompts, completions, strict=True)]
         scores = []
         for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
-                                 truncation=True, max_length=self.max_length)
-            logits = self.model(input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device)).logits
+            enc = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+            )
+            logits = self.model(
+                input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device)
+            ).logits
             scores.append(logits[:, 0].float())
         return torch.cat(scores) if scores else torch.zeros(0)
 
@@ -246,7 +261,9 @@ class HttpReward:
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **columns: object) -> list:
-        payload = json.dumps({"prompts": list(prompts), "completions": list(completions), **columns}, ensure_ascii=False).encode()
+        payload = json.dumps(
+            {"prompts": list(prompts), "completions": list(completions), **columns}, ensure_ascii=False
+        ).encode()
         body = self._post(payload)
         try:
             answer = json.loads(body)
@@ -258,7 +275,9 @@ class HttpReward:
 
     def _post(self, payload: bytes) -> bytes:
         for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=payload, method="POST", headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                self.url, data=payload, method="POST", headers={"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     return response.read()
@@ -399,7 +418,9 @@ def _call_with_timeout(name: str, fn: RewardFn, args: tuple, kwargs: dict, timeo
     threading.Thread(target=run, name=f"reward-{name}", daemon=True).start()
     done, _ = concurrent.futures.wait([future], timeout=timeout)
     if not done:
-        raise RewardTimeoutError(f"reward function {name!r} did not return within reward.timeout={timeout:g}s (its thread is abandoned)")
+        raise RewardTimeoutError(
+            f"reward function {name!r} did not return within reward.timeout={timeout:g}s (its thread is abandoned)"
+        )
     return future.result()
 
 
@@ -411,7 +432,9 @@ def validate_rewards(name: str, values: object, completions: Sequence[str]) -> t
     elif hasattr(values, "tolist") and not isinstance(values, (list, tuple)):  # numpy arrays
         values = values.tolist()
     if not isinstance(values, (list, tuple)):
-        raise RewardError(f"reward function {name!r} returned {type(values).__name__}, expected a list of floats (one per completion)")
+        raise RewardError(
+            f"reward function {name!r} returned {type(values).__name__}, expected a list of floats (one per completion)"
+        )
     if len(values) != len(completions):
         raise RewardError(f"reward function {name!r} returned {len(values)} values for {len(completions)} completions")
     out, problems = [], []
@@ -420,7 +443,10 @@ def validate_rewards(name: str, values: object, completions: Sequence[str]) -> t
             v = v.item()
         ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= _FLOAT32_MAX
         if not ok:
-            problems.append(f"reward function {name!r} returned {v!r} for sample {i} (completion {_snippet(completions[i])}); expected a finite float")
+            problems.append(
+                f"reward function {name!r} returned {v!r} for sample {i} (completion {_snippet(completions[i])}); "
+                "expected a finite float"
+            )
         out.append(float(v) if ok else math.nan)
     return torch.tensor(out, dtype=torch.float64), problems
 
@@ -433,7 +459,13 @@ class Reward:
     ``self.device``. See the module doc for conventions, time limits and failure modes.
     """
 
-    def __init__(self, sources: list[RewardSource], timeout: float = 60.0, on_invalid: str = "error", device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        sources: list[RewardSource],
+        timeout: float = 60.0,
+        on_invalid: str = "error",
+        device: str | torch.device = "cpu",
+    ):
         if on_invalid not in ("error", "skip_sample"):
             raise ValueError(f"on_invalid must be error or skip_sample, got {on_invalid!r}")
         self.sources, self.timeout, self.on_invalid = sources, timeout, on_invalid
@@ -473,28 +505,41 @@ class Reward:
         except Exception as e:
             raise RewardError(f"reward function {src.name!r} raised {type(e).__name__}: {e}") from e
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str], **columns: Sequence) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, prompts: Sequence[str], completions: Sequence[str], **columns: Sequence
+    ) -> dict[str, torch.Tensor]:
         prompts, completions = list(prompts), list(completions)
         n = len(completions)
         if len(prompts) != n:
             raise RewardError(f"reward called with {len(prompts)} prompts for {n} completions")
         for key, col in columns.items():
             if not hasattr(col, "__len__") or len(col) != n:
-                raise RewardError(f"reward column {key!r} must have one entry per sample ({n}), got {type(col).__name__} of length {len(col) if hasattr(col, '__len__') else '?'}")
+                raise RewardError(
+                    f"reward column {key!r} must have one entry per sample ({n}), got {type(col).__name__} of length "
+                    f"{len(col) if hasattr(col, '__len__') else '?'}"
+                )
         out: dict[str, torch.Tensor] = {}
         errors: list[RewardError] = []
         score = torch.zeros(n, dtype=torch.float64)
         valid = torch.ones(n, dtype=torch.bool)
         for src in self.sources:  # all sources run even after a failure (see the module doc)
             try:
-                values, problems = validate_rewards(src.name, self._call_one(src, prompts, completions, columns), completions)
+                values, problems = validate_rewards(
+                    src.name, self._call_one(src, prompts, completions, columns), completions
+                )
             except RewardError as e:
                 errors.append(e)
                 continue
             if problems and self.on_invalid == "error":
-                errors.append(RewardError(problems[0] + (f" ({len(problems)} of {n} samples invalid)" if len(problems) > 1 else "")))
+                errors.append(
+                    RewardError(
+                        problems[0] + (f" ({len(problems)} of {n} samples invalid)" if len(problems) > 1 else "")
+                    )
+                )
             elif problems:
-                logger.warning("%s; %d of %d samples marked invalid (reward.on_invalid=skip_sample)", problems[0], len(problems), n)
+                logger.warning(
+                    "%s; %d of %d samples marked invalid (reward.on_invalid=skip_sample)", problems[0], len(problems), n
+                )
             valid &= ~values.isnan()
             score += src.weight * values
             out[src.name] = values.float()
@@ -509,7 +554,10 @@ class Reward:
 
 
 def build_reward(
-    cfg: RewardConfig | Sequence[str | RewardFn], weights: Sequence[float] | None = None, device: str | torch.device = "cpu", **overrides: Any
+    cfg: RewardConfig | Sequence[str | RewardFn],
+    weights: Sequence[float] | None = None,
+    device: str | torch.device = "cpu",
+    **overrides: Any,
 ) -> Reward:
     """A ``Reward`` from ``cfg`` (a ``RewardConfig``), or from a plain list of specs/callables
     (+ ``weights`` and any other ``RewardConfig`` fields as keyword ``overrides``).
@@ -524,7 +572,7 @@ def build_reward(
     taken: set[str] = set()
     ws = cfg.weights if cfg.weights is not None else [1.0] * len(cfg.functions)
     sources = []
-    for spec, w in zip(cfg.functions, ws):
+    for spec, w in zip(cfg.functions, ws, strict=True):
         name, fn = load_reward_fn(spec, cfg)
         sources.append(RewardSource.create(_unique(name, taken), fn, float(w)))
     return Reward(sources, timeout=cfg.timeout, on_invalid=cfg.on_invalid).to(device)
@@ -547,9 +595,21 @@ class RewardNormalizer:
     Because it sees the gathered batch, the result does not depend on the number of processes.
     """
 
-    def __init__(self, no_eos_penalty: float | None = None, scale: float = 1.0, normalize: bool = False,
-                 clip: float | None = None, std_floor: float = 1e-6):
-        self.no_eos_penalty, self.scale, self.normalize, self.clip, self.std_floor = no_eos_penalty, scale, normalize, clip, std_floor
+    def __init__(
+        self,
+        no_eos_penalty: float | None = None,
+        scale: float = 1.0,
+        normalize: bool = False,
+        clip: float | None = None,
+        std_floor: float = 1e-6,
+    ):
+        self.no_eos_penalty, self.scale, self.normalize, self.clip, self.std_floor = (
+            no_eos_penalty,
+            scale,
+            normalize,
+            clip,
+            std_floor,
+        )
         self.count, self.mean, self.m2 = 0, 0.0, 0.0  # python floats are float64
 
     @classmethod
@@ -584,7 +644,10 @@ class RewardNormalizer:
         x = scores.detach().double()
         if self.no_eos_penalty is not None:
             if finished is None or finished.shape != scores.shape:
-                raise ValueError(f"reward.no_eos_penalty needs finished of shape {tuple(scores.shape)}, got {None if finished is None else tuple(finished.shape)}")
+                raise ValueError(
+                    f"reward.no_eos_penalty needs finished of shape {tuple(scores.shape)}, got "
+                    f"{None if finished is None else tuple(finished.shape)}"
+                )
             x = x + self.no_eos_penalty * (~finished.to(device=x.device, dtype=torch.bool)).double()
         x = x * self.scale
         if self.normalize:

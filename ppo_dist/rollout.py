@@ -53,8 +53,12 @@ def truncate_at_eos(responses: torch.Tensor, eos_token_id: int, pad_id: int) -> 
 def make_generation_config(cfg: RolloutConfig, tokenizer, max_new_tokens: int | None = None) -> GenerationConfig:
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p) if cfg.do_sample else {}
     return GenerationConfig(
-        max_new_tokens=max_new_tokens or cfg.max_new_tokens, do_sample=cfg.do_sample, use_cache=True,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        max_new_tokens=max_new_tokens or cfg.max_new_tokens,
+        do_sample=cfg.do_sample,
+        use_cache=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
         **sampling,
     )
 
@@ -80,7 +84,9 @@ def ends_with_eos(responses: torch.Tensor, response_mask: torch.Tensor, eos_toke
 
 
 @torch.no_grad()
-def generate(model, query_ids: list[torch.Tensor], tokenizer, gen_config: GenerationConfig, chunk_size: int = 0) -> Rollout:
+def generate(
+    model, query_ids: list[torch.Tensor], tokenizer, gen_config: GenerationConfig, chunk_size: int = 0
+) -> Rollout:
     """Batched sampling with KV cache on left-padded prompts; ``chunk_size`` prompts per call (0 = all)."""
     device = next(model.parameters()).device
     chunk_size = chunk_size or len(query_ids)

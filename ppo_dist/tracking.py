@@ -14,10 +14,9 @@ drops events an interrupted run wrote after its last checkpoint: no step appears
 from __future__ import annotations
 
 import importlib.util
+import logging
 import resource
 import sys
-
-import logging
 
 import torch
 
@@ -27,17 +26,31 @@ logger = logging.getLogger(__name__)
 
 HEADLINE_METRICS = ("env/reward_mean", "objective/kl", "ppo/loss/total", "objective/entropy")
 # accelerate's tracker name -> the package it needs
-_TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
-                     "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
+_TRACKER_PACKAGES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "trackio": "trackio",
+}
 
 
 def check_trackers(names: list[str]) -> None:
     """Fail before training when a configured tracker is unknown or its package is not installed."""
     for name in names:
         if name not in _TRACKER_PACKAGES:
-            raise ConfigError(f"log.trackers: unknown tracker {name!r}; accelerate supports {sorted(_TRACKER_PACKAGES)}")
+            raise ConfigError(
+                f"log.trackers: unknown tracker {name!r}; accelerate supports {sorted(_TRACKER_PACKAGES)}"
+            )
         if importlib.util.find_spec(_TRACKER_PACKAGES[name]) is None:
-            raise ConfigError(f"log.trackers has {name!r} but the package {_TRACKER_PACKAGES[name]!r} is not installed (pip install {_TRACKER_PACKAGES[name]})")
+            raise ConfigError(
+                f"log.trackers has {name!r} but the package {_TRACKER_PACKAGES[name]!r} is not installed (pip "
+                f"install {_TRACKER_PACKAGES[name]})"
+            )
 
 
 def flat_hparams(cfg: Config) -> dict[str, int | float | str | bool]:
@@ -94,8 +107,14 @@ class RunTracker:
         for summary in (exp, ssi, sei):
             writer.file_writer.add_summary(summary)
 
-    def log(self, step: int, stats: dict[str, float], rewards: torch.Tensor, response_lengths: torch.Tensor,
-            samples: dict | None) -> None:
+    def log(
+        self,
+        step: int,
+        stats: dict[str, float],
+        rewards: torch.Tensor,
+        response_lengths: torch.Tensor,
+        samples: dict | None,
+    ) -> None:
         """Scalars for ``step``; histograms of the global batch; a sample table when ``samples`` is given."""
         if not self.enabled:
             return
@@ -110,7 +129,9 @@ class RunTracker:
             except ValueError as e:  # tensorboard cannot bin e.g. values near the float limits
                 logger.warning("histogram %s not written at step %d: %s", tag, step, e)
         if samples is not None:
-            writer.add_text("samples", sample_table(samples["prompts"], samples["completions"], samples["rewards"]), step)
+            writer.add_text(
+                "samples", sample_table(samples["prompts"], samples["completions"], samples["rewards"]), step
+            )
         writer.flush()
 
 
@@ -121,5 +142,5 @@ def sample_table(prompts: list[str], completions: list[str], rewards: list[float
         text = text.replace("|", "\\|").replace("\n", " ")
         return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
-    rows = [f"| {cell(p)} | {cell(c)} | {r:.3f} |" for p, c, r in zip(prompts, completions, rewards)]
+    rows = [f"| {cell(p)} | {cell(c)} | {r:.3f} |" for p, c, r in zip(prompts, completions, rewards, strict=True)]
     return "\n".join(["| prompt | completion | reward |", "|---|---|---|", *rows])

@@ -28,7 +28,14 @@ from .config import BatchPlan, Config, validate
 from .data import PromptStream, load_prompt_dataset, tokenize_prompts
 from .models import build_models, load_tokenizer
 from .rewards import Reward, RewardError, RewardNormalizer, build_reward
-from .rollout import Rollout, batched_forward, ends_with_eos, forward_response, generate, make_generation_config, right_pad, left_pad
+from .rollout import (
+    Rollout,
+    batched_forward,
+    ends_with_eos,
+    forward_response,
+    generate,
+    make_generation_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +92,9 @@ class PPOEngine:
         self.tokenizer = tokenizer
         p = cfg.ppo
         self.kl_ctl = (
-            algos.AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl else algos.FixedKLController(p.kl_coef)
+            algos.AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon)
+            if p.adaptive_kl
+            else algos.FixedKLController(p.kl_coef)
         )
         self.normalizer = RewardNormalizer.from_config(cfg.reward)
         self.global_step = 0
@@ -119,10 +128,16 @@ class PPOEngine:
         response_mask = g(rollout.response_mask) * valid.unsqueeze(1)
         self.skipped_samples += int((~valid).sum())
         return RolloutBatch(
-            queries=g(rollout.queries, pad, True), query_mask=g(rollout.query_mask, 0, True),
-            responses=g(rollout.responses, pad), response_mask=response_mask,
-            logprobs=g(logprobs), ref_logprobs=g(ref_logprobs), values=g(values),
-            scores=processed, raw_scores=raw, valid=valid,
+            queries=g(rollout.queries, pad, True),
+            query_mask=g(rollout.query_mask, 0, True),
+            responses=g(rollout.responses, pad),
+            response_mask=response_mask,
+            logprobs=g(logprobs),
+            ref_logprobs=g(ref_logprobs),
+            values=g(values),
+            scores=processed,
+            raw_scores=raw,
+            valid=valid,
         )
 
     # ------------------------------------------------------------------ 4. rewards and advantages
@@ -169,7 +184,7 @@ class PPOEngine:
         keys = sorted(sums)
         stacked = torch.stack([sums[k] for k in keys]) / (W * G * n_minibatches)
         stacked = distributed.reduce_sum(acc, stacked)
-        return dict(zip(keys, stacked))
+        return dict(zip(keys, stacked, strict=True))
 
     def _micro_step(self, batch: RolloutBatch, advantages, returns, idx, scaled_normalizer) -> dict[str, torch.Tensor]:
         """Forward/backward on one micro-batch; optimiser step when the accumulation window closes.
@@ -182,16 +197,29 @@ class PPOEngine:
         with acc.accumulate(self.model):
             with acc.autocast():
                 logprobs, values, entropy = forward_response(
-                    self.model, batch.queries[idx], batch.query_mask[idx], batch.responses[idx], batch.response_mask[idx],
+                    self.model,
+                    batch.queries[idx],
+                    batch.query_mask[idx],
+                    batch.responses[idx],
+                    batch.response_mask[idx],
                     with_entropy=True,
                 )
             T = logprobs.shape[1]
             m = batch.response_mask[idx, :T].float()
             loss, metrics = algos.ppo_loss(
-                logprobs, values.float(), entropy, batch.logprobs[idx, :T], batch.values[idx, :T],
-                advantages[idx, :T], returns[idx, :T], m,
-                cliprange=p.cliprange, cliprange_value=p.cliprange_value, vf_coef=p.vf_coef,
-                entropy_coef=p.entropy_coef, normalizer=scaled_normalizer,
+                logprobs,
+                values.float(),
+                entropy,
+                batch.logprobs[idx, :T],
+                batch.values[idx, :T],
+                advantages[idx, :T],
+                returns[idx, :T],
+                m,
+                cliprange=p.cliprange,
+                cliprange_value=p.cliprange_value,
+                vf_coef=p.vf_coef,
+                entropy_coef=p.entropy_coef,
+                normalizer=scaled_normalizer,
             )
             acc.backward(loss)
             if acc.sync_gradients:
@@ -208,8 +236,10 @@ class PPOEngine:
         finite = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)).item())
         if not finite and zero.zero_stage(acc):
             # The DeepSpeed engine has already stepped inside backward(): nothing left to skip.
-            raise FloatingPointError(f"non-finite gradient norm at step {self.global_step + 1} under DeepSpeed; "
-                                     "the update was applied, resume from the last checkpoint with a lower optim.lr")
+            raise FloatingPointError(
+                f"non-finite gradient norm at step {self.global_step + 1} under DeepSpeed; "
+                "the update was applied, resume from the last checkpoint with a lower optim.lr"
+            )
         if not finite:
             self.skipped_updates += 1
             logger.warning("non-finite gradient norm at step %d: optimiser update skipped", self.global_step + 1)
@@ -238,7 +268,9 @@ class PPOEngine:
         r_len = mask.sum(1)
         s = batch.raw_scores[batch.valid]
         if s.numel() == 0:
-            raise RewardError(f"every sample of step {self.global_step + 1} was invalid (reward.on_invalid=skip_sample)")
+            raise RewardError(
+                f"every sample of step {self.global_step + 1} was invalid (reward.on_invalid=skip_sample)"
+            )
         values = {
             "env/reward_mean": s.mean(),
             "env/reward_std": s.std() if s.numel() > 1 else torch.zeros((), device=s.device),
@@ -258,7 +290,7 @@ class PPOEngine:
         }
         keys = list(values)
         floats = torch.stack([values[k].float().reshape(()) for k in keys]).tolist()  # one host sync
-        stats = dict(zip(keys, floats))
+        stats = dict(zip(keys, floats, strict=True))
         stats["objective/kl_coef"] = self.kl_ctl.value
         stats["ppo/learning_rate"] = self.scheduler.get_last_lr()[0]
         stats["ppo/skipped_updates"] = float(self.skipped_updates)
@@ -266,8 +298,13 @@ class PPOEngine:
         return stats
 
     def state_dict(self) -> dict:
-        return {"global_step": self.global_step, "kl_ctl": self.kl_ctl.state_dict(), "normalizer": self.normalizer.state_dict(),
-                "skipped_updates": self.skipped_updates, "skipped_samples": self.skipped_samples}
+        return {
+            "global_step": self.global_step,
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "skipped_updates": self.skipped_updates,
+            "skipped_samples": self.skipped_samples,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.global_step = int(state["global_step"])
@@ -283,7 +320,12 @@ def build_optimizer(cfg: Config, model, plan: BatchPlan):
     # The fused kernel (CPU and CUDA) is ~3x faster than the per-parameter loop on small models.
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     optimizer = torch.optim.AdamW(
-        params, lr=o.lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps, weight_decay=o.weight_decay, fused=fused,
+        params,
+        lr=o.lr,
+        betas=(o.adam_beta1, o.adam_beta2),
+        eps=o.adam_eps,
+        weight_decay=o.weight_decay,
+        fused=fused,
     )
     total = cfg.train.total_steps * cfg.ppo.ppo_epochs * plan.num_mini_batches
     scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=total)
@@ -300,11 +342,18 @@ class Trainer:
         self.cfg, self.plan = cfg, plan
         self.accelerator = acc = distributed.build_accelerator(cfg, plan)
         set_seed(cfg.train.seed)
-        logger.info("%s on %d process(es), device %s, ZeRO stage %d", acc.distributed_type.value, acc.num_processes,
-                    acc.device, zero.zero_stage(acc))
+        logger.info(
+            "%s on %d process(es), device %s, ZeRO stage %d",
+            acc.distributed_type.value,
+            acc.num_processes,
+            acc.device,
+            zero.zero_stage(acc),
+        )
         self.tokenizer = load_tokenizer(cfg.model)
         self.dataset = load_prompt_dataset(cfg.data)
-        prompt_ids = tokenize_prompts(self.dataset[cfg.data.prompt_column], self.tokenizer, cfg.data.max_prompt_length, cfg.data.truncation)
+        prompt_ids = tokenize_prompts(
+            self.dataset[cfg.data.prompt_column], self.tokenizer, cfg.data.max_prompt_length, cfg.data.truncation
+        )
         self.stream = PromptStream(self.dataset, prompt_ids, cfg.data.prompt_column, plan.batch_size, cfg.train.seed)
         self.reward = (reward or build_reward(cfg.reward)).to(acc.device)
         policy, ref = build_models(cfg.model, self.tokenizer)
@@ -337,13 +386,21 @@ class Trainer:
         t0 = time.perf_counter()
         # 1. Rollout: sample responses for this process's prompts (seeded per step: exact resume).
         torch.manual_seed(_seed_for(cfg.train.seed, step, acc.process_index))
-        with zero.gathered_for_generation(acc, self.engine.model, cfg.rollout.gather_for_generation) as model, acc.autocast():
+        with (
+            zero.gathered_for_generation(acc, self.engine.model, cfg.rollout.gather_for_generation) as model,
+            acc.autocast(),
+        ):
             model.eval()
-            rollout = generate(model, batch.input_ids, self.tokenizer, self.gen_config, cfg.rollout.generation_batch_size)
+            rollout = generate(
+                model, batch.input_ids, self.tokenizer, self.gen_config, cfg.rollout.generation_batch_size
+            )
         timings["time/rollout"] = time.perf_counter() - t0
         # 2. Reward on the decoded texts; every process agrees on failure before any collective.
         t0 = time.perf_counter()
-        completions = self.tokenizer.batch_decode(rollout.responses * rollout.response_mask + (1 - rollout.response_mask) * self.tokenizer.pad_token_id, skip_special_tokens=True)
+        completions = self.tokenizer.batch_decode(
+            rollout.responses * rollout.response_mask + (1 - rollout.response_mask) * self.tokenizer.pad_token_id,
+            skip_special_tokens=True,
+        )
         error = None
         try:
             components = self.reward(batch.texts, completions, **batch.columns)
@@ -351,8 +408,12 @@ class Trainer:
             error, components = e, None
         if distributed.any_process(acc, error is not None):
             # Every process raises the same, full message (one pickled gather, on failure only).
-            local = "" if error is None else str(error) + ("" if "completion" in str(error) else
-                                                           f" (first completion of the batch: {completions[0][:80]!r})")
+            local = (
+                ""
+                if error is None
+                else str(error)
+                + ("" if "completion" in str(error) else f" (first completion of the batch: {completions[0][:80]!r})")
+            )
             messages = distributed.gather_strings(acc, local)
             failed = [f"process {r}: {m}" for r, m in enumerate(messages) if m]
             raise RewardError(f"reward failed at step {step + 1} on {'; '.join(failed)}") from error
@@ -389,8 +450,11 @@ class Trainer:
                     self._log(step + 1, stats, samples, components["score"])
                 if progress is not None:
                     progress.update(1)
-                    progress.set_postfix(reward=f"{stats['env/reward_mean']:.3f}", kl=f"{stats['objective/kl']:.3f}",
-                                         tok_s=f"{stats['throughput/tokens_per_s']:.0f}")
+                    progress.set_postfix(
+                        reward=f"{stats['env/reward_mean']:.3f}",
+                        kl=f"{stats['objective/kl']:.3f}",
+                        tok_s=f"{stats['throughput/tokens_per_s']:.0f}",
+                    )
                 bad = self._check_numerics(stats, step, skipped_before)
                 self._kl_guard(stats, step)
                 done = step + 1 == cfg.train.total_steps
@@ -412,7 +476,9 @@ class Trainer:
     def _step_flags(self) -> tuple[bool, float]:
         """One reduction per step: has any process been asked to stop, and the peak memory (max over ranks)."""
         acc = self.accelerator
-        local = torch.tensor([1.0 if self._stop_signal is not None else 0.0, tracking.peak_memory_gb(acc.device)], device=acc.device)
+        local = torch.tensor(
+            [1.0 if self._stop_signal is not None else 0.0, tracking.peak_memory_gb(acc.device)], device=acc.device
+        )
         stop, peak = distributed.reduce_max(acc, local).tolist()
         return stop > 0, peak
 
@@ -431,7 +497,7 @@ class Trainer:
         acc = self.accelerator
         local = torch.stack([components[k].float() for k in names], dim=1).to(acc.device)  # (B_local, n)
         means = distributed.gather_1d(acc, local).nanmean(0).tolist()
-        return {f"env/reward/{k}": v for k, v in zip(names, means)}
+        return {f"env/reward/{k}": v for k, v in zip(names, means, strict=True)}
 
     def _check_numerics(self, stats: dict, step: int, skipped_before: int) -> bool:
         """True for a bad step (an optimiser update skipped, or non-finite statistics); raises
@@ -442,14 +508,18 @@ class Trainer:
             self.bad_steps = 0
             return False
         self.bad_steps += 1
-        what = ", ".join([f"{skipped} optimiser update(s) skipped (non-finite gradients)"] * bool(skipped) +
-                         [f"non-finite {', '.join(nonfinite)}"] * bool(nonfinite))
+        what = ", ".join(
+            [f"{skipped} optimiser update(s) skipped (non-finite gradients)"] * bool(skipped)
+            + [f"non-finite {', '.join(nonfinite)}"] * bool(nonfinite)
+        )
         limit = self.cfg.train.max_bad_steps
         if self.bad_steps >= limit:
             saved = complete_checkpoints(self.checkpoints.root)
-            raise NumericsError(f"{self.bad_steps} bad PPO steps in a row (last: step {step + 1}: {what}); "
-                                f"lower optim.lr or check the reward scale. Last checkpoint: "
-                                f"{saved[-1][1] if saved else 'none'} (bad steps are never checkpointed)")
+            raise NumericsError(
+                f"{self.bad_steps} bad PPO steps in a row (last: step {step + 1}: {what}); "
+                f"lower optim.lr or check the reward scale. Last checkpoint: "
+                f"{saved[-1][1] if saved else 'none'} (bad steps are never checkpointed)"
+            )
         logger.warning("bad PPO step %d (%d/%d in a row): %s; not checkpointed", step + 1, self.bad_steps, limit, what)
         return True
 
@@ -462,11 +532,16 @@ class Trainer:
             problems.append(f"objective/entropy={stats['objective/entropy']:.3g} < train.min_entropy={t.min_entropy}")
         if not problems:
             return
-        message = f"KL guard at step {step + 1}: {'; '.join(problems)} (the policy is drifting from the reference or collapsing)"
+        message = (
+            f"KL guard at step {step + 1}: {'; '.join(problems)} "
+            "(the policy is drifting from the reference or collapsing)"
+        )
         if t.kl_guard == "stop":
             saved = complete_checkpoints(self.checkpoints.root)
-            raise KLGuardError(f"{message}; stopped. Last checkpoint: {saved[-1][1] if saved else 'none'}. "
-                               "Lower optim.lr or raise ppo.kl_coef")
+            raise KLGuardError(
+                f"{message}; stopped. Last checkpoint: {saved[-1][1] if saved else 'none'}. "
+                "Lower optim.lr or raise ppo.kl_coef"
+            )
         logger.warning("%s; going on (train.kl_guard=warn)", message)
 
     def save_model(self, path: Path) -> None:
@@ -485,8 +560,11 @@ class Trainer:
         k = min(10, max(1, len(self.history) // 2))
         first = sum(h["env/reward_mean"] for h in self.history[:k]) / k
         last = sum(h["env/reward_mean"] for h in self.history[-k:]) / k
-        print(f"mean reward: first {k} steps {first:.3f} -> last {k} steps {last:.3f} "
-              f"(kl {self.history[-1]['objective/kl']:.3f}, kl_coef {self.history[-1]['objective/kl_coef']:.4f})", flush=True)
+        print(
+            f"mean reward: first {k} steps {first:.3f} -> last {k} steps {last:.3f} "
+            f"(kl {self.history[-1]['objective/kl']:.3f}, kl_coef {self.history[-1]['objective/kl_coef']:.4f})",
+            flush=True,
+        )
 
     def _install_signal_handlers(self) -> None:
         def handler(signum, frame):
@@ -518,4 +596,3 @@ def _progress(acc, cfg: Config, start: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=cfg.train.total_steps, initial=start, desc="ppo", dynamic_ncols=True)
-

@@ -15,7 +15,6 @@ from typing import Any
 
 from .config import BatchPlan, Config, ConfigError
 
-
 ZERO3_SIZED_KEYS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
 
 
@@ -37,14 +36,19 @@ def deepspeed_plugin(cfg: Config, plan: BatchPlan):
         "train_batch_size": plan.local_micro_batch_size * plan.gradient_accumulation_steps * plan.world_size,
         "gradient_clipping": clip,
     }
-    sources = {"train_micro_batch_size_per_gpu": "ppo.mini_batch_size / (world size x ppo.gradient_accumulation_steps)",
-               "gradient_accumulation_steps": "ppo.gradient_accumulation_steps",
-               "train_batch_size": "ppo.mini_batch_size", "gradient_clipping": "optim.max_grad_norm"}
+    sources = {
+        "train_micro_batch_size_per_gpu": "ppo.mini_batch_size / (world size x ppo.gradient_accumulation_steps)",
+        "gradient_accumulation_steps": "ppo.gradient_accumulation_steps",
+        "train_batch_size": "ppo.mini_batch_size",
+        "gradient_clipping": "optim.max_grad_norm",
+    }
     for key, value in wanted.items():
         current = ds.get(key, "auto")
         if current not in ("auto", None) and float(current) != float(value):
-            raise ConfigError(f"DeepSpeed config has {key}={current} but the ppo_dist config gives {value} "
-                              f"(from {sources[key]}); set it to \"auto\" or remove it from the DeepSpeed config")
+            raise ConfigError(
+                f"DeepSpeed config has {key}={current} but the ppo_dist config gives {value} "
+                f'(from {sources[key]}); set it to "auto" or remove it from the DeepSpeed config'
+            )
         ds[key] = value
     if plugin.zero_stage == 3:
         # Consolidate the sharded weights (in the training dtype) when the final model is saved.
@@ -66,8 +70,10 @@ def deepspeed_plugin(cfg: Config, plan: BatchPlan):
     for name in ("fp16", "bf16"):
         enabled = ds.get(name, {}).get("enabled", "auto")
         if enabled != "auto" and bool(enabled) != (cfg.model.dtype == name):
-            raise ConfigError(f"DeepSpeed config has {name}.enabled={enabled} but model.dtype={cfg.model.dtype}; "
-                              f"set {name}.enabled to \"auto\" so model.dtype decides")
+            raise ConfigError(
+                f"DeepSpeed config has {name}.enabled={enabled} but model.dtype={cfg.model.dtype}; "
+                f'set {name}.enabled to "auto" so model.dtype decides'
+            )
     return plugin
 
 
@@ -89,8 +95,11 @@ def prepare_reference(accelerator, ref_model):
         "train_micro_batch_size_per_gpu": ds["train_micro_batch_size_per_gpu"],
         "train_batch_size": ds["train_batch_size"],
         "gradient_accumulation_steps": ds["gradient_accumulation_steps"],
-        "zero_optimization": {"stage": 3, "offload_param": ds["zero_optimization"].get("offload_param", {"device": "none"}),
-                              **{k: ds["zero_optimization"][k] for k in ZERO3_SIZED_KEYS[1:] if k in ds["zero_optimization"]}},
+        "zero_optimization": {
+            "stage": 3,
+            "offload_param": ds["zero_optimization"].get("offload_param", {"device": "none"}),
+            **{k: ds["zero_optimization"][k] for k in ZERO3_SIZED_KEYS[1:] if k in ds["zero_optimization"]},
+        },
         "fp16": {"enabled": bool(ds.get("fp16", {}).get("enabled", False) is True)},
         "bf16": {"enabled": bool(ds.get("bf16", {}).get("enabled", False) is True)},
         "steps_per_print": 10**12,

@@ -11,8 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A tiny, fast run: a few PPO steps of the embedded model.
 TINY_ARGS = [
-    "--train.total_steps", "3", "--rollout.batch_size", "4", "--ppo.mini_batch_size", "2",
-    "--rollout.max_new_tokens", "8", "--ppo.ppo_epochs", "2", "--log.progress_bar", "false",
+    "--train.total_steps",
+    "3",
+    "--rollout.batch_size",
+    "4",
+    "--ppo.mini_batch_size",
+    "2",
+    "--rollout.max_new_tokens",
+    "8",
+    "--ppo.ppo_epochs",
+    "2",
+    "--log.progress_bar",
+    "false",
 ]
 
 
@@ -23,8 +33,15 @@ def cpu_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def launch(args: list[str], num_processes: int = 1, config_file: str | Path | None = None, script: str | Path = "train.py",
-           timeout: float = 300, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def launch(
+    args: list[str],
+    num_processes: int = 1,
+    config_file: str | Path | None = None,
+    script: str | Path = "train.py",
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     """``accelerate launch`` ``script`` with ``args``; CPU processes talk over gloo.
 
     With ``config_file`` the accelerate YAML decides the mode; otherwise ``--multi_gpu`` plus
@@ -34,14 +51,27 @@ def launch(args: list[str], num_processes: int = 1, config_file: str | Path | No
     if config_file is not None:
         cmd += ["--config_file", str(config_file), "--num_processes", str(num_processes)]
     elif num_processes > 1:
-        cmd += ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd += [
+            "--multi_gpu",
+            "--num_processes",
+            str(num_processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
     else:
         cmd += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += ["--main_process_port", str(_free_port())] if num_processes > 1 else []
     cmd += [str(REPO / script), *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env or cpu_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- "
+            f"stderr\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 

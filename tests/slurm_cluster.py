@@ -25,12 +25,33 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "sinfo", "squeue", "scontrol", "scancel", "munged", "mungekey")
-FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+SLURM_BINARIES = (
+    "slurmctld",
+    "slurmd",
+    "sbatch",
+    "srun",
+    "sinfo",
+    "squeue",
+    "scontrol",
+    "scancel",
+    "munged",
+    "mungekey",
+)
+FINISHED_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 class SlurmUnavailable(RuntimeError):
@@ -134,7 +155,7 @@ def _slurm_conf(root: Path, nodes: tuple[str, ...], cpus: int, ctld_port: int, n
     host = socket.gethostname()
     node_lines = "\n".join(
         f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={p} CPUs={cpus} RealMemory=1000 State=UNKNOWN"
-        for n, p in zip(nodes, node_ports)
+        for n, p in zip(nodes, node_ports, strict=True)
     )
     return f"""\
 ClusterName=ppotest
@@ -181,10 +202,14 @@ def _stop(pid: int, timeout: float = 20.0) -> None:
 
 
 @contextlib.contextmanager
-def local_slurm_cluster(nodes: tuple[str, ...] = ("n1", "n2"), cpus_per_node: int = 2, start_timeout: float = 60.0) -> Iterator[LocalSlurm]:
+def local_slurm_cluster(
+    nodes: tuple[str, ...] = ("n1", "n2"), cpus_per_node: int = 2, start_timeout: float = 60.0
+) -> Iterator[LocalSlurm]:
     missing = missing_binaries()
     if missing:
-        raise SlurmUnavailable(f"SLURM/munge binaries not installed: {', '.join(missing)} (apt-get install slurm-wlm munge)")
+        raise SlurmUnavailable(
+            f"SLURM/munge binaries not installed: {', '.join(missing)} (apt-get install slurm-wlm munge)"
+        )
     user = getpass.getuser()
     root = Path(tempfile.mkdtemp(prefix="ppo_slurm_"))
     root.chmod(0o755)  # munged requires the socket's directory chain to be world-searchable
@@ -210,21 +235,35 @@ def local_slurm_cluster(nodes: tuple[str, ...] = ("n1", "n2"), cpus_per_node: in
 
     try:
         key = root / "munge" / "munge.key"
-        subprocess.run([_which("mungekey"), "--create", f"--keyfile={key}"], check=True, capture_output=True, timeout=30)
-        start("munged", [_which("munged"), f"--socket={root}/run/munge.sock", f"--key-file={key}",
-                         f"--pid-file={pid_files['munged']}", f"--log-file={root}/log/munged.log",
-                         f"--seed-file={root}/munge/munged.seed"])
+        subprocess.run(
+            [_which("mungekey"), "--create", f"--keyfile={key}"], check=True, capture_output=True, timeout=30
+        )
+        start(
+            "munged",
+            [
+                _which("munged"),
+                f"--socket={root}/run/munge.sock",
+                f"--key-file={key}",
+                f"--pid-file={pid_files['munged']}",
+                f"--log-file={root}/log/munged.log",
+                f"--seed-file={root}/munge/munged.seed",
+            ],
+        )
         start("slurmctld", [_which("slurmctld"), "-c", "-i", "-f", str(conf)])
         for n in nodes:
             start(f"slurmd-{n}", [_which("slurmd"), "-N", n, "-f", str(conf)])
         deadline = time.monotonic() + start_timeout
         while set(cluster.node_states().get(n) for n in nodes) != {"idle"}:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"nodes not idle after {start_timeout:.0f} s: {cluster.node_states()}\n{cluster.daemon_logs()}")
+                raise RuntimeError(
+                    f"nodes not idle after {start_timeout:.0f} s: {cluster.node_states()}\n{cluster.daemon_logs()}"
+                )
             time.sleep(0.5)
         yield cluster
     except subprocess.CalledProcessError as e:
-        raise RuntimeError(f"{e.cmd[0]} failed to start ({e.returncode}): {e.stderr}\n{cluster.daemon_logs()}") from None
+        raise RuntimeError(
+            f"{e.cmd[0]} failed to start ({e.returncode}): {e.stderr}\n{cluster.daemon_logs()}"
+        ) from None
     finally:
         if "slurmctld" in cluster.pids:
             cluster.run("scancel", "--user", user, check=False)

@@ -104,8 +104,16 @@ def _loss_inputs(seed=0, B=4, T=6):
     t = lambda: torch.randn(B, T, generator=g)  # noqa: E731
     lengths = torch.tensor([6, 3, 1, 5])[:B]
     mask = (torch.arange(T) < lengths[:, None]).float()
-    return dict(logprobs=t() * 0.1 - 1, values=t(), entropy=t().abs(), old_logprobs=t() * 0.1 - 1, old_values=t(),
-                advantages=t(), returns=t(), mask=mask)
+    return dict(
+        logprobs=t() * 0.1 - 1,
+        values=t(),
+        entropy=t().abs(),
+        old_logprobs=t() * 0.1 - 1,
+        old_values=t(),
+        advantages=t(),
+        returns=t(),
+        mask=mask,
+    )
 
 
 KW = dict(cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, entropy_coef=0.01)
@@ -153,7 +161,12 @@ def test_policy_loss_hand_computed_clipping():
 
 
 def test_value_loss_hand_computed_clipping():
-    v, old, ret, m = torch.tensor([[2.0, 0.1]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.ones(1, 2)
+    v, old, ret, m = (
+        torch.tensor([[2.0, 0.1]]),
+        torch.tensor([[0.0, 0.0]]),
+        torch.tensor([[1.0, 1.0]]),
+        torch.ones(1, 2),
+    )
     loss, metrics = algos.value_loss(v, old, ret, m, cliprange_value=0.2, normalizer=2.0)
     # token 0: unclipped (2-1)^2=1, clipped (0.2-1)^2=0.64 -> 1; token 1: (0.1-1)^2=0.81, clip no-op -> 0.81
     assert loss.item() == pytest.approx(0.5 * (1.0 + 0.81) / 2)

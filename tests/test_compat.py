@@ -26,7 +26,9 @@ def _check_notebook_run(out, steps: int):
     assert (out / "curves.png").stat().st_size > 10_000
     reloaded = AutoModelForCausalLMWithValueHead.from_pretrained(out / "final_model")
     assert reloaded.num_parameters() > 0
-    assert len(list(out.glob("*/events.out.tfevents.*"))) == 1  # one writer, on the main process (hparams go to a subdir)
+    assert (
+        len(list(out.glob("*/events.out.tfevents.*"))) == 1
+    )  # one writer, on the main process (hparams go to a subdir)
 
 
 def test_notebook_workflow_one_process(tmp_path):
@@ -37,7 +39,9 @@ def test_notebook_workflow_one_process(tmp_path):
 
 @pytest.mark.distributed
 def test_notebook_workflow_two_processes(tmp_path):
-    proc = launch(["--out", str(tmp_path), "--steps", "60", *LEARN_ARGS], num_processes=2, script="examples/notebook.py")
+    proc = launch(
+        ["--out", str(tmp_path), "--steps", "60", *LEARN_ARGS], num_processes=2, script="examples/notebook.py"
+    )
     _check_notebook_run(tmp_path, 60)
     assert proc.stdout.count("我今天很 ->") == 1  # printed by the main process only
 
@@ -59,8 +63,15 @@ def saved_model(tmp_path_factory):
 def trainer(saved_model, tmp_path):
     from transformers import AutoTokenizer
 
-    config = PPOConfig(model_name=str(saved_model), batch_size=4, mini_batch_size=2, ppo_epochs=1, steps=5, seed=1,
-                       project_kwargs={"logging_dir": str(tmp_path)})
+    config = PPOConfig(
+        model_name=str(saved_model),
+        batch_size=4,
+        mini_batch_size=2,
+        ppo_epochs=1,
+        steps=5,
+        seed=1,
+        project_kwargs={"logging_dir": str(tmp_path)},
+    )
     model = AutoModelForCausalLMWithValueHead.from_pretrained(config.model_name)
     tok = AutoTokenizer.from_pretrained(config.model_name)
     data = Dataset.from_dict({"query": ["今天天气", "我觉得", "这本书", "周末我们", "春天来了", "老师说"]})
@@ -100,13 +111,23 @@ def test_step_returns_legacy_stats_and_reference_stays_frozen(trainer):
     policy_before = [p.detach().clone() for p in trainer.model.parameters()]
     batch, responses = _batch(trainer)
     stats = trainer.step(batch["input_ids"], responses, [torch.tensor(1.0), 0.5, torch.tensor([0.2]), 0.0])
-    for key in ("ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "objective/kl", "objective/kl_coef",
-                "env/reward_mean", "env/reward_std", "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/learning_rate"):
+    for key in (
+        "ppo/loss/policy",
+        "ppo/loss/value",
+        "ppo/loss/total",
+        "objective/kl",
+        "objective/kl_coef",
+        "env/reward_mean",
+        "env/reward_std",
+        "ppo/policy/clipfrac",
+        "ppo/policy/approxkl",
+        "ppo/learning_rate",
+    ):
         assert key in stats and stats[key] == stats[key], key
     assert stats["env/reward_mean"] == pytest.approx(0.425)
     assert all(not p.requires_grad for p in trainer.ref_model.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(ref_before, trainer.ref_model.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(policy_before, trainer.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(ref_before, trainer.ref_model.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(policy_before, trainer.model.parameters(), strict=True))
     trainer.log_stats(stats, {**batch, "response": ["x"] * 4}, [1.0, 0.5, 0.2, 0.0])
 
 
@@ -137,7 +158,9 @@ def test_config_names_unknown_and_unsupported_fields():
         PPOConfig(early_stopping=True)
     with pytest.raises(ConfigError, match="kl_penalty"):
         PPOConfig(kl_penalty="full")
-    cfg = PPOConfig(batch_size=8, mini_batch_size=2, gradient_accumulation_steps=2, learning_rate=1.41e-5).to_config(world_size=2)
+    cfg = PPOConfig(batch_size=8, mini_batch_size=2, gradient_accumulation_steps=2, learning_rate=1.41e-5).to_config(
+        world_size=2
+    )
     assert (cfg.rollout.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.gradient_accumulation_steps) == (16, 8, 2)
     assert cfg.optim.lr == 1.41e-5
     with pytest.raises(ConfigError, match="batch_size=6 must be divisible by mini_batch_size=4"):

@@ -37,7 +37,12 @@ def test_wrong_type_names_field_and_value():
     [
         ("ppo", {"mini_batch_size": 3}, 1, r"rollout.batch_size=32 must be divisible by ppo.mini_batch_size=3"),
         ("rollout", {"batch_size": 6}, 4, r"rollout.batch_size=6 must be divisible by the world size=4"),
-        ("ppo", {"mini_batch_size": 2, "gradient_accumulation_steps": 2}, 2, r"ppo.mini_batch_size/world_size=1 must be divisible by ppo.gradient_accumulation_steps=2"),
+        (
+            "ppo",
+            {"mini_batch_size": 2, "gradient_accumulation_steps": 2},
+            2,
+            r"ppo.mini_batch_size/world_size=1 must be divisible by ppo.gradient_accumulation_steps=2",
+        ),
         ("ppo", {"kl_estimator": "k7"}, 1, "ppo.kl_estimator must be k1 or k3"),
     ],
 )
@@ -49,11 +54,18 @@ def test_batch_arithmetic_and_values_are_checked(section, values, world, message
 
 def test_default_batch_plan():
     plan = validate(Config(), world_size=2)
-    assert (plan.local_batch_size, plan.local_mini_batch_size, plan.local_micro_batch_size, plan.num_mini_batches) == (16, 4, 4, 4)
+    assert (plan.local_batch_size, plan.local_mini_batch_size, plan.local_micro_batch_size, plan.num_mini_batches) == (
+        16,
+        4,
+        4,
+        4,
+    )
 
 
 def test_help_documents_every_field():
-    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    ).stdout
     cfg = Config()
     for section, fields in cfg.to_dict().items():
         for name in fields:
@@ -64,7 +76,9 @@ def test_help_documents_every_field():
 
 def test_bad_batch_arithmetic_fails_fast_naming_both_numbers():
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "train.py", "--ppo.mini_batch_size", "3"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--ppo.mini_batch_size", "3"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert time.time() - t0 < 5
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "rollout.batch_size=32" in proc.stderr and "ppo.mini_batch_size=3" in proc.stderr

@@ -118,6 +118,15 @@ def test_training_from_a_locally_saved_model_directory(tmp_path):
     data = tmp_path / "prompts.jsonl"
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in ROWS))
     second = tmp_path / "second"
-    launch([*TINY_ARGS, "--model.name_or_path", str(first / "final_model"), "--data.path", str(data),
-            "--train.output_dir", str(second)])
+    launch(
+        [
+            *TINY_ARGS,
+            "--model.name_or_path",
+            str(first / "final_model"),
+            "--data.path",
+            str(data),
+            "--train.output_dir",
+            str(second),
+        ]
+    )
     assert (second / "final_model" / "value_head.pt").is_file()

@@ -1,12 +1,10 @@
 """The main job runs end to end on 1 and 2 processes, and its output reloads and generates."""
 
-import json
-
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ppo_dist.models import CausalLMWithValueHead
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .launch import TINY_ARGS, launch
 

@@ -6,10 +6,34 @@ import pytest
 
 from .launch import launch
 
-BASE = ["--rollout.batch_size", "8", "--ppo.mini_batch_size", "4", "--ppo.ppo_epochs", "2", "--optim.lr", "1e-3",
-        "--model.tiny_n_layer", "1", "--model.tiny_n_embd", "32", "--model.tiny_n_head", "2"]
-COMPARED = ["ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/clipfrac", "ppo/policy/approxkl",
-            "ppo/val/error", "ppo/policy/entropy", "objective/kl", "env/reward_mean", "ppo/returns/mean"]
+BASE = [
+    "--rollout.batch_size",
+    "8",
+    "--ppo.mini_batch_size",
+    "4",
+    "--ppo.ppo_epochs",
+    "2",
+    "--optim.lr",
+    "1e-3",
+    "--model.tiny_n_layer",
+    "1",
+    "--model.tiny_n_embd",
+    "32",
+    "--model.tiny_n_head",
+    "2",
+]
+COMPARED = [
+    "ppo/loss/policy",
+    "ppo/loss/value",
+    "ppo/loss/total",
+    "ppo/policy/clipfrac",
+    "ppo/policy/approxkl",
+    "ppo/val/error",
+    "ppo/policy/entropy",
+    "objective/kl",
+    "env/reward_mean",
+    "ppo/returns/mean",
+]
 
 
 def _run(tmp_path, name, extra=(), num_processes=1):
@@ -19,7 +43,7 @@ def _run(tmp_path, name, extra=(), num_processes=1):
 
 
 def _assert_same(a, b):
-    for step_a, step_b in zip(a["stats"], b["stats"]):  # the second step runs on the updated policy
+    for step_a, step_b in zip(a["stats"], b["stats"], strict=True):  # the second step runs on the updated policy
         for k in COMPARED:
             assert step_a[k] == pytest.approx(step_b[k], rel=1e-4, abs=1e-6), k
     for name in a["params"]:

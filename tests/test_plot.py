@@ -16,8 +16,14 @@ from ppo_dist.cli import main
 torch_tb = pytest.importorskip("torch.utils.tensorboard")
 
 STANDARD_TAGS = [
-    "env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef",
-    "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "objective/entropy",
+    "env/reward_mean",
+    "env/reward_std",
+    "objective/kl",
+    "objective/kl_coef",
+    "ppo/loss/policy",
+    "ppo/loss/value",
+    "ppo/loss/total",
+    "objective/entropy",
 ]
 GLYPH_MISSING = re.compile(r"Glyph .* missing from (current )?font", re.IGNORECASE)
 
@@ -137,17 +143,13 @@ def test_panels_follow_logged_tags_and_tag_selection(resumed_run):
     assert panels[0].band == (("env/reward_mean", "env/reward_std"),)
 
     only_losses = plot._panels_for(scalars, ["ppo/loss/*"])
-    assert [p.all_tags for p in only_losses] == [
-        ("ppo/loss/policy", "ppo/loss/value", "ppo/loss/total")
-    ]
+    assert [p.all_tags for p in only_losses] == [("ppo/loss/policy", "ppo/loss/value", "ppo/loss/total")]
     # the twin-axis tag alone moves to the main axis, keeping its own label
     (kl_coef_only,) = plot._panels_for(scalars, ["objective/kl_coef"])
     assert (kl_coef_only.tags, kl_coef_only.twin_tags) == (("objective/kl_coef",), ())
     assert kl_coef_only.ylabel == "KL 系数 KL coef"
     # a selected tag outside the standard panels gets its own panel
-    assert [p.all_tags for p in plot._panels_for(scalars, ["env/reward_std"])] == [
-        ("env/reward_std",)
-    ]
+    assert [p.all_tags for p in plot._panels_for(scalars, ["env/reward_std"])] == [("env/reward_std",)]
 
 
 def test_cli_unknown_tag_is_a_one_line_error(resumed_run, capsys):

@@ -23,23 +23,47 @@ BAD = REPO / "tests" / "scripts" / "bad_rewards.py"
 
 def _train(args, env=None, timeout=120, **kwargs):
     """train.py as one plain process (no launcher)."""
-    return subprocess.run([sys.executable, "train.py", *TINY_ARGS, *args], cwd=REPO, env=env or cpu_env(),
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "train.py", *TINY_ARGS, *args],
+        cwd=REPO,
+        env=env or cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 # ---------------------------------------------------------------- reward faults on one of two processes
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("fn, message", [
-    ("raises_on_rank1", "scoring service exploded"),
-    ("nan_on_rank1", "nan"),
-    ("sleeps_on_rank1", "did not return within reward.timeout=5s"),
-])
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        ("raises_on_rank1", "scoring service exploded"),
+        ("nan_on_rank1", "nan"),
+        ("sleeps_on_rank1", "did not return within reward.timeout=5s"),
+    ],
+)
 def test_reward_failing_on_one_rank_stops_both_within_60s(tmp_path, fn, message):
     t0 = time.monotonic()
-    proc = launch([*TINY_ARGS, "--train.output_dir", str(tmp_path), "--reward.functions", f"['{BAD}:{fn}']",
-                   "--reward.timeout", "5", "--train.collective_timeout", "30"], num_processes=2, check=False, timeout=120)
+    proc = launch(
+        [
+            *TINY_ARGS,
+            "--train.output_dir",
+            str(tmp_path),
+            "--reward.functions",
+            f"['{BAD}:{fn}']",
+            "--reward.timeout",
+            "5",
+            "--train.collective_timeout",
+            "30",
+        ],
+        num_processes=2,
+        check=False,
+        timeout=120,
+    )
     assert time.monotonic() - t0 < 60
     assert proc.returncode != 0
     assert fn in proc.stderr and message in proc.stderr.lower(), proc.stderr[-3000:]
@@ -58,11 +82,33 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.distributed
 def test_killed_process_ends_the_other_within_60s_and_checkpoint_stays_intact(tmp_path):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train.py"), *TINY_ARGS,
-           "--train.total_steps", "400", "--checkpoint.every", "2", "--train.collective_timeout", "20",
-           "--train.output_dir", str(tmp_path)]
-    launcher = subprocess.Popen(cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "train.py"),
+        *TINY_ARGS,
+        "--train.total_steps",
+        "400",
+        "--checkpoint.every",
+        "2",
+        "--train.collective_timeout",
+        "20",
+        "--train.output_dir",
+        str(tmp_path),
+    ]
+    launcher = subprocess.Popen(
+        cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 120
     while not complete_checkpoints(tmp_path / "checkpoints"):
         assert time.monotonic() < deadline and launcher.poll() is None
@@ -76,8 +122,18 @@ def test_killed_process_ends_the_other_within_60s_and_checkpoint_stays_intact(tm
     assert launcher.returncode != 0, out[-2000:]
     step, path = complete_checkpoints(tmp_path / "checkpoints")[-1]
     # The newest complete checkpoint loads: resume from it and run one more step.
-    resumed = launch([*TINY_ARGS, "--train.output_dir", str(tmp_path), "--checkpoint.resume", str(path),
-                      "--train.total_steps", str(step + 1)], num_processes=2)
+    resumed = launch(
+        [
+            *TINY_ARGS,
+            "--train.output_dir",
+            str(tmp_path),
+            "--checkpoint.resume",
+            str(path),
+            "--train.total_steps",
+            str(step + 1),
+        ],
+        num_processes=2,
+    )
     assert f"resumed from step {step}" in resumed.stderr
 
 
@@ -104,15 +160,37 @@ def test_checkpoint_write_failure_says_so_and_keeps_the_previous(tmp_path):
 @pytest.mark.distributed
 @pytest.mark.parametrize("max_grad_norm", ["1.0", "null"])  # clipped, and unclipped (norm only for the check)
 def test_non_finite_updates_are_skipped_together_then_stop_with_checkpoint_from_before(tmp_path, max_grad_norm):
-    proc = launch([*TINY_ARGS, "--train.total_steps", "10", "--checkpoint.every", "1", "--checkpoint.keep", "10",
-                   "--optim.max_grad_norm", max_grad_norm,
-                   "--train.max_bad_steps", "3", "--train.output_dir", str(tmp_path),
-                   "--reward.functions", f"['{BAD}:huge_after_two_steps']"], num_processes=2, check=False)
+    proc = launch(
+        [
+            *TINY_ARGS,
+            "--train.total_steps",
+            "10",
+            "--checkpoint.every",
+            "1",
+            "--checkpoint.keep",
+            "10",
+            "--optim.max_grad_norm",
+            max_grad_norm,
+            "--train.max_bad_steps",
+            "3",
+            "--train.output_dir",
+            str(tmp_path),
+            "--reward.functions",
+            f"['{BAD}:huge_after_two_steps']",
+        ],
+        num_processes=2,
+        check=False,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     # Steps 3, 4, 5 have non-finite losses: warned (by both processes), never checkpointed, then a clear stop.
-    assert proc.stderr.count("bad PPO step 3 (1/3 in a row)") == 2 and proc.stderr.count("bad PPO step 4 (2/3 in a row)") == 2
+    assert (
+        proc.stderr.count("bad PPO step 3 (1/3 in a row)") == 2
+        and proc.stderr.count("bad PPO step 4 (2/3 in a row)") == 2
+    )
     assert proc.stderr.count("error: 3 bad PPO steps in a row (last: step 5") == 2
-    assert "[rank0]: Traceback" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr  # only the launcher's own
+    assert (
+        "[rank0]: Traceback" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr
+    )  # only the launcher's own
     assert "optimiser update(s) skipped" in proc.stderr
     assert [s for s, _ in complete_checkpoints(tmp_path / "checkpoints")] == [1, 2]
 
@@ -121,10 +199,31 @@ def test_kl_guard_stops_a_policy_collapsing_at_far_too_high_lr(tmp_path):
     # On the tiny default, lr 1e-3 stays bounded (the adaptive KL controller holds objective/kl near
     # ppo.kl_target, ~7 after 40 steps); lr 1e-2 jumps to KL ~15 at step 2 and halves the entropy
     # within ~12 steps. The guard stops the run at the first step past train.max_kl.
-    proc = _train(["--train.output_dir", str(tmp_path), "--optim.lr", "1e-2", "--train.total_steps", "30",
-                   "--rollout.batch_size", "32", "--ppo.mini_batch_size", "8", "--rollout.max_new_tokens", "32",
-                   "--ppo.ppo_epochs", "4", "--train.max_kl", "10", "--checkpoint.every", "1", "--checkpoint.keep", "100"],
-                  timeout=300)
+    proc = _train(
+        [
+            "--train.output_dir",
+            str(tmp_path),
+            "--optim.lr",
+            "1e-2",
+            "--train.total_steps",
+            "30",
+            "--rollout.batch_size",
+            "32",
+            "--ppo.mini_batch_size",
+            "8",
+            "--rollout.max_new_tokens",
+            "32",
+            "--ppo.ppo_epochs",
+            "4",
+            "--train.max_kl",
+            "10",
+            "--checkpoint.every",
+            "1",
+            "--checkpoint.keep",
+            "100",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "KL guard at step" in proc.stderr and "> train.max_kl=10" in proc.stderr and "stopped" in proc.stderr
     stopped_at = int(proc.stderr.split("KL guard at step ")[1].split(":")[0])
@@ -134,8 +233,18 @@ def test_kl_guard_stops_a_policy_collapsing_at_far_too_high_lr(tmp_path):
 
 
 def test_kl_guard_warn_mode_logs_and_goes_on(tmp_path):
-    proc = _train(["--train.output_dir", str(tmp_path), "--train.max_kl", "0.001", "--train.kl_guard", "warn",
-                   "--train.total_steps", "3"])
+    proc = _train(
+        [
+            "--train.output_dir",
+            str(tmp_path),
+            "--train.max_kl",
+            "0.001",
+            "--train.kl_guard",
+            "warn",
+            "--train.total_steps",
+            "3",
+        ]
+    )
     assert proc.returncode == 0
     assert "going on (train.kl_guard=warn)" in proc.stderr
 
@@ -212,12 +321,17 @@ def test_output_dir_not_writable_fails_before_loading(tmp_path):
     assert "train.output_dir" in proc.stderr and "is not writable" in proc.stderr
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "nowhere", "does not exist"),
-    (lambda p: _distilbert_dir(p), "could not load a causal language model"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "nowhere", "does not exist"),
+        (lambda p: _distilbert_dir(p), "could not load a causal language model"),
+    ],
+)
 def test_bad_model_path_is_one_clear_error(tmp_path, make, message):
-    proc = _train(["--model.name_or_path", str(make(tmp_path)), "--train.output_dir", str(tmp_path / "run")], timeout=60)
+    proc = _train(
+        ["--model.name_or_path", str(make(tmp_path)), "--train.output_dir", str(tmp_path / "run")], timeout=60
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()[-1]) < 400
 
@@ -228,4 +342,3 @@ def _distilbert_dir(tmp_path):
     DistilBertConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, hidden_dim=64).save_pretrained(tmp_path / "bert")
     load_tokenizer(ModelConfig()).save_pretrained(tmp_path / "bert")  # a tokenizer is there; the model is not causal
     return tmp_path / "bert"
-

@@ -1,6 +1,5 @@
 """Checkpoints resume exactly, survive a kill mid-write, and a preemption signal checkpoints and exits 75."""
 
-import os
 import shutil
 import signal
 import subprocess
@@ -31,7 +30,10 @@ def _resume_and_compare(tmp_path, num_processes, exact):
     # Continue from the step-3 checkpoint of an identical run in a fresh directory.
     shutil.copytree(full / "checkpoints" / "step_3", part / "checkpoints" / "step_3")
     launch([*ARGS, "--train.output_dir", str(part), "--checkpoint.resume", "auto"], num_processes=num_processes)
-    (m_full, s_full), (m_part, s_part) = _state(full / "checkpoints" / "step_6"), _state(part / "checkpoints" / "step_6")
+    (m_full, s_full), (m_part, s_part) = (
+        _state(full / "checkpoints" / "step_6"),
+        _state(part / "checkpoints" / "step_6"),
+    )
     assert s_part["engine"]["global_step"] == 6
     assert len(s_part["history"]) == len(s_full["history"]) == 6
     for name in m_full:
@@ -39,7 +41,7 @@ def _resume_and_compare(tmp_path, num_processes, exact):
             assert torch.equal(m_full[name], m_part[name]), name
         else:
             torch.testing.assert_close(m_full[name], m_part[name], rtol=1e-4, atol=1e-5)
-    for h_full, h_part in zip(s_full["history"], s_part["history"]):
+    for h_full, h_part in zip(s_full["history"], s_part["history"], strict=True):
         for k in h_full:
             assert h_full[k] == (h_part[k] if exact else pytest.approx(h_part[k], rel=1e-4, abs=1e-6)), k
     assert s_full["engine"]["kl_ctl"] == s_part["engine"]["kl_ctl"] or not exact
@@ -55,8 +57,21 @@ def test_resume_matches_on_two_processes(tmp_path):
 
 
 def test_checkpoint_rotation_keeps_the_newest(tmp_path):
-    launch([*TINY_ARGS, "--train.total_steps", "4", "--checkpoint.every", "1", "--checkpoint.keep", "2",
-            "--train.output_dir", str(tmp_path), "--train.save_final_model", "false"])
+    launch(
+        [
+            *TINY_ARGS,
+            "--train.total_steps",
+            "4",
+            "--checkpoint.every",
+            "1",
+            "--checkpoint.keep",
+            "2",
+            "--train.output_dir",
+            str(tmp_path),
+            "--train.save_final_model",
+            "false",
+        ]
+    )
     assert [s for s, _ in complete_checkpoints(tmp_path / "checkpoints")] == [3, 4]
 
 
@@ -79,21 +94,46 @@ def _wait_for(pred, proc, timeout=120):
 
 def test_kill_during_checkpoint_write_leaves_previous_checkpoint_loadable(tmp_path):
     # Big enough that writing a checkpoint takes a moment; kill -9 as soon as a temporary dir appears.
-    args = [*TINY_ARGS, "--train.total_steps", "50", "--checkpoint.every", "1", "--model.tiny_n_embd", "256",
-            "--model.tiny_n_layer", "4", "--train.save_final_model", "false"]
+    args = [
+        *TINY_ARGS,
+        "--train.total_steps",
+        "50",
+        "--checkpoint.every",
+        "1",
+        "--model.tiny_n_embd",
+        "256",
+        "--model.tiny_n_layer",
+        "4",
+        "--train.save_final_model",
+        "false",
+    ]
     proc = _start(args, tmp_path)
     root = tmp_path / "checkpoints"
     _wait_for(lambda: bool(complete_checkpoints(root)), proc)
     done = {s for s, _ in complete_checkpoints(root)}
-    _wait_for(lambda: any(p.name.startswith(".tmp_step_") and int(p.name.rsplit("_", 1)[1]) not in done
-                          for p in root.iterdir()), proc)
+    _wait_for(
+        lambda: any(
+            p.name.startswith(".tmp_step_") and int(p.name.rsplit("_", 1)[1]) not in done for p in root.iterdir()
+        ),
+        proc,
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     ckpts = complete_checkpoints(root)
     assert ckpts, "no complete checkpoint left"
     step, path = ckpts[-1]
     # The newest complete checkpoint loads: resume from it and finish.
-    proc2 = launch([*args, "--train.total_steps", str(step + 1), "--checkpoint.resume", "auto", "--train.output_dir", str(tmp_path)])
+    proc2 = launch(
+        [
+            *args,
+            "--train.total_steps",
+            str(step + 1),
+            "--checkpoint.resume",
+            "auto",
+            "--train.output_dir",
+            str(tmp_path),
+        ]
+    )
     assert proc2.returncode == 0
     assert (root / f"step_{step + 1}" / "COMPLETE").is_file()
 
@@ -106,7 +146,17 @@ def test_sigusr1_checkpoints_and_exits_with_preempted_status_then_resumes(tmp_pa
     time.sleep(1.0)
     proc.send_signal(signal.SIGUSR1)
     assert proc.wait(timeout=120) == PREEMPTED_EXIT_CODE
-    (step, path), = complete_checkpoints(tmp_path / "checkpoints")
+    ((step, path),) = complete_checkpoints(tmp_path / "checkpoints")
     assert 0 < step < 400
-    launch([*args, "--train.total_steps", str(step + 2), "--checkpoint.resume", "auto", "--train.output_dir", str(tmp_path)])
+    launch(
+        [
+            *args,
+            "--train.total_steps",
+            str(step + 2),
+            "--checkpoint.resume",
+            "auto",
+            "--train.output_dir",
+            str(tmp_path),
+        ]
+    )
     assert complete_checkpoints(tmp_path / "checkpoints")[-1][0] == step + 2

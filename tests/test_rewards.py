@@ -15,9 +15,9 @@ import torch
 from ppo_dist.config import Config, ConfigError, RewardConfig, validate
 from ppo_dist.rewards import (
     RewardError,
-    RewardTimeoutError,
     RewardModelScorer,
     RewardNormalizer,
+    RewardTimeoutError,
     build_reward,
     chinese_rule,
     load_reward_fn,
@@ -284,7 +284,15 @@ def tiny_rm_dir(tmp_path_factory):
 
     tok = load_embedded_tokenizer()
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+    )
     model = GPT2ForSequenceClassification(config).eval()
     path = tmp_path_factory.mktemp("rm")
     model.save_pretrained(path)
@@ -309,7 +317,7 @@ def test_reward_model_scores_equal_manual_forward_in_micro_batches(tiny_rm_dir):
     completions = ["很好，我们一起去公园散步吧。", "读书", "bcdefg hijk", "很有趣", "好"]
     reward = build_reward(RewardConfig(functions=["reward_model"], model_path=str(path), model_batch_size=2))
     out = reward(prompts, completions)
-    expected = _manual_scores(model, tok, [p + c for p, c in zip(prompts, completions)])
+    expected = _manual_scores(model, tok, [p + c for p, c in zip(prompts, completions, strict=True)])
     assert out["reward_model"].tolist() == pytest.approx(expected, abs=1e-5)
     assert reward.modules()[0].training is False and not any(p.requires_grad for p in reward.modules()[0].parameters())
     assert isinstance(reward.model_scorers()[0], RewardModelScorer)
@@ -330,7 +338,9 @@ def test_reward_model_without_pad_token_uses_eos_with_warning(tmp_path, caplog):
 
     tok = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_FILE), eos_token=EOS_TOKEN)
     assert tok.pad_token is None
-    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=1, n_head=2, num_labels=1)).eval()
+    model = GPT2ForSequenceClassification(
+        GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=1, n_head=2, num_labels=1)
+    ).eval()
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     with caplog.at_level(logging.WARNING, logger="ppo_dist.rewards"):
@@ -347,7 +357,9 @@ def test_reward_model_with_two_labels_is_rejected(tmp_path):
     from ppo_dist.tokenizer import load_embedded_tokenizer
 
     tok = load_embedded_tokenizer()
-    GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, num_labels=2)).save_pretrained(tmp_path)
+    GPT2ForSequenceClassification(
+        GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, num_labels=2)
+    ).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     with pytest.raises(RewardError, match="num_labels=2"):
         RewardModelScorer(str(tmp_path))
@@ -445,7 +457,9 @@ def test_http_overall_reward_timeout_bounds_retries():
             _http_reward(srv.url, http_timeout=0.4, http_retries=10, timeout=0.5)(PROMPTS, COMPLETIONS)
 
 
-@pytest.mark.parametrize("body, fragment", [("not json{", "invalid JSON"), ({"scores": [1]}, "without a 'rewards' key")])
+@pytest.mark.parametrize(
+    "body, fragment", [("not json{", "invalid JSON"), ({"scores": [1]}, "without a 'rewards' key")]
+)
 def test_http_malformed_answer(body, fragment):
     with _Server([(200, body, 0)]) as srv:
         with pytest.raises(RewardError) as e:
@@ -479,7 +493,11 @@ def test_normalizer_order_eos_penalty_scale_normalize_clip():
     x = (SCORES.double() + torch.where(finished, 0.0, -1.0)) * 2.0
     expected = ((x - x.mean()) / x.std(unbiased=False)).clamp(-1.5, 1.5)
     assert out.dtype == torch.float32 and torch.allclose(out.double(), expected, atol=1e-6)
-    assert norm.count == 8 and norm.mean == pytest.approx(x.mean().item()) and norm.var == pytest.approx(x.var(unbiased=False).item())
+    assert (
+        norm.count == 8
+        and norm.mean == pytest.approx(x.mean().item())
+        and norm.var == pytest.approx(x.var(unbiased=False).item())
+    )
 
 
 def test_normalizer_without_normalize_only_penalty_scale_clip():
@@ -494,7 +512,7 @@ def test_normalizer_one_process_equals_two_processes_on_the_same_global_batch():
     one, two = RewardNormalizer(normalize=True), [RewardNormalizer(normalize=True) for _ in rank_shards]
     out_one = one(SCORES, torch.ones(8, dtype=torch.bool))
     outs_two = [n(gathered, torch.ones(8, dtype=torch.bool)) for n in two]  # every rank sees the global batch
-    for n, out in zip(two, outs_two):
+    for n, out in zip(two, outs_two, strict=True):
         assert torch.equal(out, out_one) and n.state_dict() == one.state_dict()
 
 

@@ -27,12 +27,26 @@ def cluster():
 
 def _submit(cluster, out_dir, extra_args, log):
     env = {
-        "GPUS_PER_NODE": "1", "RUN_CONFIG": "", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-        "ACCELERATE": shutil.which("accelerate"), "MAIN_PORT": str(_free_port()), "PYTHONPATH": str(REPO),
+        "GPUS_PER_NODE": "1",
+        "RUN_CONFIG": "",
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE": shutil.which("accelerate"),
+        "MAIN_PORT": str(_free_port()),
+        "PYTHONPATH": str(REPO),
         "EXTRA_ARGS": " ".join([*TINY_ARGS, "--train.output_dir", str(out_dir), *extra_args]),
     }
     # Only what a user may set at submission: variables, node count, where the log goes, and no GPUs here.
-    return cluster.sbatch("-N", "2", "--gpus-per-node=0", "--cpus-per-task=1", f"--chdir={REPO}", f"--output={log}", str(TEMPLATE), env=env)
+    return cluster.sbatch(
+        "-N",
+        "2",
+        "--gpus-per-node=0",
+        "--cpus-per-task=1",
+        f"--chdir={REPO}",
+        f"--output={log}",
+        str(TEMPLATE),
+        env=env,
+    )
 
 
 def test_multinode_template_trains_on_both_nodes(cluster, tmp_path):
@@ -92,11 +106,23 @@ def test_shellcheck_passes_on_every_script():
 
 def test_single_node_template_runs_two_processes(cluster, tmp_path):
     log = tmp_path / "job.log"
-    env = {"GPUS_PER_NODE": "2", "RUN_CONFIG": "", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "ACCELERATE": shutil.which("accelerate"), "PYTHONPATH": str(REPO),
-           "EXTRA_ARGS": " ".join([*TINY_ARGS, "--train.output_dir", str(tmp_path / "run")])}
-    job = cluster.sbatch("--gpus-per-node=0", "--cpus-per-task=2", f"--chdir={REPO}", f"--output={log}",
-                         str(REPO / "slurm" / "single_node.sbatch"), env=env)
+    env = {
+        "GPUS_PER_NODE": "2",
+        "RUN_CONFIG": "",
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE": shutil.which("accelerate"),
+        "PYTHONPATH": str(REPO),
+        "EXTRA_ARGS": " ".join([*TINY_ARGS, "--train.output_dir", str(tmp_path / "run")]),
+    }
+    job = cluster.sbatch(
+        "--gpus-per-node=0",
+        "--cpus-per-task=2",
+        f"--chdir={REPO}",
+        f"--output={log}",
+        str(REPO / "slurm" / "single_node.sbatch"),
+        env=env,
+    )
     info = cluster.wait_finished(job, timeout=240)
     assert info["JobState"] == "COMPLETED", log.read_text()[-4000:]
     assert "MULTI_CPU on 2 process(es)" in log.read_text()
@@ -105,10 +131,23 @@ def test_single_node_template_runs_two_processes(cluster, tmp_path):
 
 def test_launch_script_without_slurm_stops_with_75_and_resumes(tmp_path):
     run, total = tmp_path / "run", 40
-    env = {**os.environ, "NUM_PROCESSES": "2", "RUN_CONFIG": "", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO)}
-    cmd = ["bash", str(REPO / "slurm" / "launch_single_node.sh"), *TINY_ARGS, "--train.total_steps", str(total),
-           "--train.output_dir", str(run)]
+    env = {
+        **os.environ,
+        "NUM_PROCESSES": "2",
+        "RUN_CONFIG": "",
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+    }
+    cmd = [
+        "bash",
+        str(REPO / "slurm" / "launch_single_node.sh"),
+        *TINY_ARGS,
+        "--train.total_steps",
+        str(total),
+        "--train.output_dir",
+        str(run),
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not list(run.glob("*/events.out.tfevents.*")):
@@ -128,10 +167,24 @@ def test_launch_script_without_slurm_stops_with_75_and_resumes(tmp_path):
 
 def test_launch_script_relaunches_after_usr1_when_asked(tmp_path):
     run, total = tmp_path / "run", 40
-    env = {**os.environ, "NUM_PROCESSES": "2", "RUN_CONFIG": "", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO), "MAX_RESTARTS": "1"}
-    cmd = ["bash", str(REPO / "slurm" / "launch_single_node.sh"), *TINY_ARGS, "--train.total_steps", str(total),
-           "--train.output_dir", str(run)]
+    env = {
+        **os.environ,
+        "NUM_PROCESSES": "2",
+        "RUN_CONFIG": "",
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "MAX_RESTARTS": "1",
+    }
+    cmd = [
+        "bash",
+        str(REPO / "slurm" / "launch_single_node.sh"),
+        *TINY_ARGS,
+        "--train.total_steps",
+        str(total),
+        "--train.output_dir",
+        str(run),
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not list(run.glob("*/events.out.tfevents.*")):
@@ -142,9 +195,13 @@ def test_launch_script_relaunches_after_usr1_when_asked(tmp_path):
     out = proc.communicate(timeout=240)[0]
     assert proc.returncode == 0, out[-4000:]
     # Each of the 2 processes logs the stop once, at the same step.
-    stopped = {int(line.split("after step")[1].split(";")[0]) for line in out.splitlines() if "stopping on signal after step" in line}
+    stopped = {
+        int(line.split("after step")[1].split(";")[0])
+        for line in out.splitlines()
+        if "stopping on signal after step" in line
+    }
     assert len(stopped) == 1, out[-4000:]
-    step, = stopped
+    (step,) = stopped
     assert 0 < step < total
     assert out.count("relaunching (1 of 1)") == 1 and f"resumed from step {step}" in out
     assert (run / "checkpoints" / f"step_{total}" / "COMPLETE").exists()

@@ -10,15 +10,37 @@ from ppo_dist.tracking import check_trackers, flat_hparams, sample_table
 from tests.launch import REPO, TINY_ARGS, launch
 
 LEGACY_TAGS = [
-    "env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "objective/entropy",
-    "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/policy/approxkl", "ppo/policy/policykl",
-    "ppo/policy/clipfrac", "ppo/policy/entropy", "ppo/val/vpred", "ppo/val/error", "ppo/val/clipfrac",
-    "ppo/returns/mean", "ppo/mean_non_score_reward", "ppo/learning_rate", "tokens/queries_len_mean",
+    "env/reward_mean",
+    "env/reward_std",
+    "objective/kl",
+    "objective/kl_coef",
+    "objective/entropy",
+    "ppo/loss/policy",
+    "ppo/loss/value",
+    "ppo/loss/total",
+    "ppo/policy/approxkl",
+    "ppo/policy/policykl",
+    "ppo/policy/clipfrac",
+    "ppo/policy/entropy",
+    "ppo/val/vpred",
+    "ppo/val/error",
+    "ppo/val/clipfrac",
+    "ppo/returns/mean",
+    "ppo/mean_non_score_reward",
+    "ppo/learning_rate",
+    "tokens/queries_len_mean",
     "tokens/responses_len_mean",
 ]
 EXTRA_TAGS = [
-    "time/rollout", "time/reward", "time/optimize", "time/step", "throughput/tokens_per_s",
-    "throughput/samples_per_s", "memory/peak_gb", "env/reward/by_rank", "env/reward/length_bonus",
+    "time/rollout",
+    "time/reward",
+    "time/optimize",
+    "time/step",
+    "throughput/tokens_per_s",
+    "throughput/samples_per_s",
+    "memory/peak_gb",
+    "env/reward/by_rank",
+    "env/reward/length_bonus",
 ]
 
 
@@ -32,9 +54,20 @@ def _events(run_dir):
 @pytest.mark.distributed
 def test_two_process_run_logs_global_statistics_once(tmp_path):
     reward_file = REPO / "tests/scripts/rank_reward.py"
-    launch([*TINY_ARGS, "--train.output_dir", str(tmp_path), "--log.samples_every", "2",
-            "--reward.functions", f"['{reward_file}:by_rank', '{reward_file}:length_bonus']", "--reward.weights", "[1.0, 0.0]"],
-           num_processes=2)
+    launch(
+        [
+            *TINY_ARGS,
+            "--train.output_dir",
+            str(tmp_path),
+            "--log.samples_every",
+            "2",
+            "--reward.functions",
+            f"['{reward_file}:by_rank', '{reward_file}:length_bonus']",
+            "--reward.weights",
+            "[1.0, 0.0]",
+        ],
+        num_processes=2,
+    )
     files, ev = _events(tmp_path)
     assert len({f.name.rsplit(".", 1)[0] for f in files}) == 1, files  # one writer: the main process
     tags = ev.Tags()
@@ -50,7 +83,9 @@ def test_two_process_run_logs_global_statistics_once(tmp_path):
     hist = ev.Histograms("env/reward_dist")[0].histogram_value
     assert (hist.num, hist.min, hist.max, hist.sum) == (4, 1.0, 3.0, 8.0)  # all 4 samples of both ranks
     assert [e.step for e in ev.Tensors("samples/text_summary")] == [2]
-    assert "| prompt | completion | reward |" in ev.Tensors("samples/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert (
+        "| prompt | completion | reward |" in ev.Tensors("samples/text_summary")[0].tensor_proto.string_val[0].decode()
+    )
     plugins = ev.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugins and "_hparams_/experiment" in plugins
     assert b"ppo.cliprange" in plugins["_hparams_/session_start_info"]

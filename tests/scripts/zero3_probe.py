@@ -2,8 +2,8 @@
 
 Prints one JSON line (main process) with the policy's full parameter count, the count this rank
 holds, and the number of all-gather collectives issued during one rollout with
-``rollout.gather_for_generation`` on and off, for 4 and 16 generated tokens. Collectives are counted by wrapping the real
-``torch.distributed`` functions (they still run).
+``rollout.gather_for_generation`` on and off, for 4 and 16 generated tokens. Collectives are counted
+by wrapping the real ``torch.distributed`` functions (they still run).
 """
 
 import functools
@@ -52,8 +52,19 @@ def main() -> None:
             trainer.gen_config.max_new_tokens = trainer.gen_config.min_new_tokens = tokens
             counts[f"{'on' if gather else 'off'}_{tokens}"] = gathers_during_rollout(trainer, tokens)
     if trainer.accelerator.is_main_process:
-        print(json.dumps({"full": full, "held": held, "ref_full": ref_full, "ref_held": ref_held,
-                          "gathers": counts, "n_params": len(list(model.parameters()))}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "full": full,
+                    "held": held,
+                    "ref_full": ref_full,
+                    "ref_held": ref_held,
+                    "gathers": counts,
+                    "n_params": len(list(model.parameters())),
+                }
+            ),
+            flush=True,
+        )
     trainer.close()
     sys.stdout.flush()
     # The measurement is printed; skip interpreter teardown, where DeepSpeed's CPU shared-memory
