@@ -136,7 +136,7 @@ def worker(args) -> None:
         "policy_full_bytes": sum(
             getattr(p, "ds_numel", p.numel()) * p.element_size() for p in engine.model.parameters()
         ),
-        "ref_param_bytes": _held_bytes(engine.ref_model),
+        "ref_param_bytes": _held_bytes(engine.reference.model),
         "optim_bytes": _optimizer_bytes(engine.optimizer, engine.model),
         "setup_peak_rss_mb": round(setup_peak, 1),
         "rollout_peak_rss_mb": round(rollout_peak, 1),

@@ -1,21 +1,26 @@
-"""PPO math on tensors. Imports torch only: no accelerate, no transformers, no I/O.
+"""RL math on tensors. Imports torch only: no accelerate, no transformers, no I/O.
 
 Shapes: ``B`` samples, ``T`` response tokens. ``mask`` is a float/bool ``(B, T)`` tensor that is 1
-on valid response tokens (up to and including the first EOS) and 0 on padding.
+on valid response tokens (up to and including the first EOS) and 0 on padding; it is a prefix mask
+(responses are right-padded).
 
-Loss functions return ``(loss, metrics)`` where ``loss`` is a *sum* over valid tokens divided by
-``normalizer`` — the number of valid tokens of the whole global mini-batch — so that splitting a
+Loss functions take per-token ``weights`` ``(B, T)`` instead of averaging themselves: the loss is
+``sum(token_loss * weights)``. The weights come from :data:`LOSS_AGGREGATIONS` and are computed
+from counts over the whole *global* mini-batch (all processes, all micro-batches), so splitting a
 mini-batch into micro-batches, accumulation steps or processes never changes the update: the
-per-micro-batch losses add up to the token mean of the global mini-batch. Metrics are sums over
-valid tokens divided by the same normalizer, so they add up the same way.
+micro-batch losses add up to the loss of the global mini-batch. Metrics are weighted the same way.
+
+Registries (a new variant is one registered function; config validation and ``--help`` list them):
+``KL_ESTIMATORS``, ``ADVANTAGE_ESTIMATORS``, ``LOSS_AGGREGATIONS``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------- masked statistics
 
@@ -50,14 +55,22 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     return out * mask
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 - Var(returns - values) / Var(returns)`` over valid tokens (CleanRL's value-head health
+    check: 1 = perfect, 0 = no better than a constant, < 0 = worse). NaN when the returns are constant."""
+    var_returns = masked_var(returns, mask)
+    return torch.where(
+        var_returns > 0, 1 - masked_var(returns - values, mask) / var_returns, torch.full_like(var_returns, torch.nan)
+    )
+
+
 # ----------------------------------------------------------------------------- logprobs
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[labels]`` without materialising the full log-softmax.
+    """``log softmax(logits)[labels]`` as ``logit[label] - logsumexp(logits)`` (no log-softmax tensor kept).
 
-    logits ``(B, T, V)``, labels ``(B, T)`` -> ``(B, T)`` in float32. Computed as
-    ``logit[label] - logsumexp(logits)``, row by row to bound memory on long sequences.
+    logits ``(..., V)``, labels ``(...)`` -> ``(...)`` in float32.
     """
     logits = logits.float()
     picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
@@ -65,31 +78,93 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical distribution per position: ``(B, T, V) -> (B, T)``."""
+    """Entropy of the categorical distribution per position: ``(..., V) -> (...)``, float32."""
     logits = logits.float()
     logz = torch.logsumexp(logits, dim=-1)
-    probs = torch.softmax(logits, dim=-1)
-    return logz - (probs * logits).sum(-1)
+    return logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
 
 
-# ----------------------------------------------------------------------------- KL penalty
+LOGITS_PER_CHUNK = 1 << 24  # 64 MiB of fp32 logits
+
+
+def chunk_tokens_for(vocab_size: int, chunk_tokens: int = 0) -> int:
+    """Positions per chunk: ``chunk_tokens`` when > 0, else as many as keep a chunk's fp32 logits
+    under :data:`LOGITS_PER_CHUNK`."""
+    return chunk_tokens if chunk_tokens > 0 else max(1, LOGITS_PER_CHUNK // max(1, vocab_size))
+
+
+def chunked_logprobs(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    chunk_tokens: int,
+    entropy: str = "none",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logprobs of ``labels`` (and the entropy) from hidden states, a chunk of positions at a time.
+
+    hidden ``(B, T, H)``, labels ``(B, T)``; ``head`` maps ``(n, H)`` to logits ``(n, V)``. Positions
+    are flattened and processed ``chunk_tokens`` at a time (:func:`chunk_tokens_for`), so no
+    ``(B, T, V)`` fp32 tensor ever exists.
+    Under autograd each chunk is checkpointed: only ``hidden`` is kept for the backward pass, which
+    recomputes one chunk's logits at a time. ``entropy``: ``"none"``; ``"metric"`` (computed without
+    gradient, for logging); ``"grad"`` (differentiable, for an entropy bonus).
+    Returns ``(logprobs (B, T), entropy (B, T) | None)`` in float32.
+    """
+    B, T, H = hidden.shape
+    flat_h, flat_y = hidden.reshape(B * T, H), labels.reshape(B * T)
+    n = flat_h.shape[0]
+
+    def one_chunk(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = head(h).float()
+        logz = torch.logsumexp(logits, dim=-1)
+        lp = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - logz
+        if entropy == "none":
+            return lp, lp.new_zeros(())
+        probs_logits = torch.softmax(logits, -1) * logits
+        ent = logz - probs_logits.sum(-1)
+        return lp, (ent if entropy == "grad" else ent.detach())
+
+    use_checkpoint = torch.is_grad_enabled() and hidden.requires_grad and n > chunk_tokens
+    lps, ents = [], []
+    for start in range(0, n, chunk_tokens):
+        h, y = flat_h[start : start + chunk_tokens], flat_y[start : start + chunk_tokens]
+        lp, ent = checkpoint(one_chunk, h, y, use_reentrant=False) if use_checkpoint else one_chunk(h, y)
+        lps.append(lp)
+        ents.append(ent)
+    logprobs = torch.cat(lps).reshape(B, T) if lps else hidden.new_zeros(B, T, dtype=torch.float32)
+    if entropy == "none":
+        return logprobs, None
+    return logprobs, (torch.cat(ents).reshape(B, T) if ents else torch.zeros_like(logprobs))
+
+
+# ----------------------------------------------------------------------------- KL to the reference
 
 
 def _kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return logprobs - ref_logprobs
 
 
+def _kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    # Schulman (2020) k2 = (log r)^2 / 2: low variance, biased, >= 0.
+    return 0.5 * (logprobs - ref_logprobs) ** 2
+
+
 def _kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    # Schulman, "Approximating KL divergence" (2020): k3 = (r - 1) - log r, r = p_ref / p.
+    # Schulman, "Approximating KL divergence" (2020): k3 = (r - 1) - log r, r = p_ref / p; unbiased, >= 0.
     log_ratio = ref_logprobs - logprobs
     return torch.expm1(log_ratio) - log_ratio
 
 
-KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"k1": _kl_k1, "k3": _kl_k3}
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "k1": _kl_k1,
+    "k2": _kl_k2,
+    "k3": _kl_k3,
+}
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token KL estimate between the sampling policy and the reference, ``(B, T)``."""
+    """Per-token KL estimate between the policy and the reference, ``(B, T)``."""
     try:
         return KL_ESTIMATORS[estimator](logprobs, ref_logprobs)
     except KeyError:
@@ -97,14 +172,15 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
 
 
 def token_rewards(
-    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+    scores: torch.Tensor, kl: torch.Tensor | None, mask: torch.Tensor, kl_coef: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: ``-kl_coef * kl`` on every valid token, plus the score on the last one.
 
-    Ziegler et al. 2019, eq. 2. scores ``(B,)``, kl/mask ``(B, T)`` -> (rewards, non_score_rewards).
+    Ziegler et al. 2019, eq. 2. scores ``(B,)``, kl/mask ``(B, T)`` (``kl=None``: no penalty) ->
+    ``(rewards, non_score_rewards)``.
     """
-    mask = mask.to(kl.dtype)
-    non_score = -kl_coef * kl * mask
+    mask = mask.float()
+    non_score = torch.zeros_like(mask) if kl is None else -kl_coef * kl * mask
     last = (mask.sum(1).long() - 1).clamp_min(0)
     rewards = non_score.clone()
     rewards[torch.arange(len(scores), device=scores.device), last] += scores.to(rewards.dtype)
@@ -142,7 +218,36 @@ class FixedKLController:
         self.value = float(state["value"])
 
 
-# ----------------------------------------------------------------------------- advantages
+# ----------------------------------------------------------------------------- recurrences over tokens
+
+
+def discounted_cumsum(x: torch.Tensor, discount: float, block: int = 256) -> torch.Tensor:
+    """``y_t = sum_{k >= t} discount^(k - t) x_k`` along the last dim of ``(B, T)``, in O(B * T) memory.
+
+    A reverse scan in blocks: inside a block of ``block`` tokens the sums are one product with a
+    ``block x block`` decay matrix; across blocks a carried value ``y`` at the start of the next
+    block is added with weight ``discount^(distance)``. Work O(B * T * block) on matrix units plus
+    ``T / block`` small sequential steps (vs a T x T matrix, quadratic in T).
+    """
+    B, T = x.shape
+    if T == 0:
+        return x.clone()
+    C = min(block, T)
+    nb = -(-T // C)
+    padded = torch.nn.functional.pad(x, (0, nb * C - T)).reshape(B, nb, C)
+    idx = torch.arange(C, device=x.device, dtype=x.dtype)
+    exponent = idx.unsqueeze(0) - idx.unsqueeze(1)  # [i, j] = j - i
+    decay = torch.where(
+        exponent >= 0, torch.as_tensor(discount, dtype=x.dtype) ** exponent.clamp_min(0), torch.zeros_like(exponent)
+    )
+    local = padded @ decay.T  # [b, n, i] = sum_{j >= i} discount^(j-i) x[b, n, j]
+    carry_weight = torch.as_tensor(discount, dtype=x.dtype) ** (C - idx)  # discount^(distance to next block)
+    out = torch.empty_like(local)
+    carry = x.new_zeros(B)  # y at the first token of the next block
+    for n in range(nb - 1, -1, -1):
+        out[:, n] = local[:, n] + carry_weight * carry.unsqueeze(1)
+        carry = out[:, n, 0]
+    return out.reshape(B, nb * C)[:, :T]
 
 
 def gae_advantages(
@@ -150,23 +255,182 @@ def gae_advantages(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16) over response tokens.
 
-    rewards/values/mask ``(B, T)``; ``mask`` must be a prefix mask (right padding), as responses
-    are. The value after the last valid token is 0 (the episode ends). Vectorised:
-    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = sum_k (gamma*lam)^(k-t) delta_k``,
-    a product with an upper-triangular decay matrix instead of a Python loop over tokens.
+    rewards/values/mask ``(B, T)`` with a prefix ``mask``. The value after the last valid token is 0
+    (the episode ends). ``delta_t = r_t + gamma * V_{t+1} - V_t`` and
+    ``A_t = sum_k (gamma*lam)^(k-t) delta_k`` (:func:`discounted_cumsum`, O(B * T)).
     Returns ``(advantages, returns)`` with ``returns = advantages + values``, both 0 on padding.
     """
     mask = mask.to(values.dtype)
     values = values * mask
     next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
     deltas = (rewards + gamma * next_values - values) * mask
-    T = deltas.shape[1]
-    t = torch.arange(T, device=deltas.device, dtype=deltas.dtype)
-    exponent = t.unsqueeze(0) - t.unsqueeze(1)  # [t, k] = k - t
-    decay = torch.where(exponent >= 0, (gamma * lam) ** exponent.clamp_min(0), torch.zeros_like(exponent))
-    advantages = (deltas @ decay.T) * mask
-    returns = (advantages + values) * mask
+    advantages = discounted_cumsum(deltas, gamma * lam) * mask
+    return advantages, (advantages + values) * mask
+
+
+# ----------------------------------------------------------------------------- advantage estimators
+
+
+@dataclass
+class AdvantageInputs:
+    """What an estimator may use; every tensor covers the *global* batch.
+
+    scores ``(B,)``: post-processed outcome score of each sample. token_rewards ``(B, T)``: the
+    score on the last valid token, plus ``-kl_coef * kl`` on every token when the KL is placed in
+    the reward. values ``(B, T)`` or None (critic-free). group ``(B,)`` long: samples of the same
+    prompt share an id. valid ``(B,)`` bool: samples that take part (False: dropped by the reward).
+    """
+
+    scores: torch.Tensor
+    token_rewards: torch.Tensor
+    mask: torch.Tensor
+    group: torch.Tensor
+    valid: torch.Tensor
+    values: torch.Tensor | None = None
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten: bool = True
+    eps: float = 1e-6
+
+
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    fn: Callable[[AdvantageInputs], tuple[torch.Tensor, torch.Tensor]]
+    needs_critic: bool
+    needs_groups: bool
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+
+
+def register_advantage(name: str, *, needs_critic: bool = False, needs_groups: bool = False):
+    """Decorator: ``fn(AdvantageInputs) -> (advantages (B, T), returns (B, T))``, 0 on padding."""
+
+    def wrap(fn):
+        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(fn, needs_critic, needs_groups)
+        return fn
+
+    return wrap
+
+
+def group_stats(x: torch.Tensor, group: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-sample ``(group mean, group std (unbiased), group size)`` of ``x`` ``(B,)`` over the valid
+    members of its group. A group with one valid member has std 0."""
+    ids = torch.unique(group, return_inverse=True)[1]
+    n_groups = int(ids.max()) + 1 if ids.numel() else 0
+    w = valid.to(x.dtype)
+    count = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, ids, w)
+    mean = torch.zeros_like(count).index_add_(0, ids, x * w) / count.clamp_min(1)
+    sq = torch.zeros_like(count).index_add_(0, ids, (x - mean[ids]) ** 2 * w)
+    std = torch.where(count > 1, (sq / (count - 1).clamp_min(1)).sqrt(), torch.zeros_like(count))
+    return mean[ids], std[ids], count[ids]
+
+
+def _outcome(x: AdvantageInputs) -> torch.Tensor:
+    """Outcome reward of a sample: its token rewards summed (the score, minus the KL penalty when
+    the KL is placed in the reward)."""
+    return (x.token_rewards * x.mask).sum(1)
+
+
+def _broadcast(adv: torch.Tensor, x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    a = adv.unsqueeze(1) * x.mask * x.valid.unsqueeze(1)
+    return a, a
+
+
+@register_advantage("gae", needs_critic=True)
+def _gae(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's critic-based estimator (Schulman et al. 2016), whitened over the global batch when
+    ``whiten`` (legacy trl default)."""
+    advantages, returns = gae_advantages(x.token_rewards, x.values, x.mask, x.gamma, x.lam)
+    if x.whiten:
+        advantages = masked_whiten(advantages, x.mask)
     return advantages, returns
+
+
+@register_advantage("grpo", needs_groups=True)
+def _grpo(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO (Shao et al. 2024, DeepSeekMath eq. 3 / sec. 4.1.2): ``(r - mean_g) / (std_g + eps)``,
+    the same for every token of a response. A zero-variance group gets 0."""
+    r = _outcome(x)
+    mean, std, _ = group_stats(r, x.group, x.valid)
+    return _broadcast((r - mean) / (std + x.eps), x)
+
+
+@register_advantage("dr_grpo", needs_groups=True)
+def _dr_grpo(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", eq. 4): ``r - mean_g``, no
+    division by the group std (which favours too easy / too hard prompts)."""
+    r = _outcome(x)
+    mean, _, _ = group_stats(r, x.group, x.valid)
+    return _broadcast(r - mean, x)
+
+
+@register_advantage("rloo", needs_groups=True)
+def _rloo(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """RLOO (Ahmadian et al. 2024, eq. 6): ``r_i - mean_{j != i} r_j = n / (n - 1) * (r_i - mean_g)``
+    with n the number of valid samples in the group."""
+    r = _outcome(x)
+    mean, _, n = group_stats(r, x.group, x.valid)
+    return _broadcast(torch.where(n > 1, n / (n - 1).clamp_min(1) * (r - mean), torch.zeros_like(r)), x)
+
+
+def _reinforce_returns(token_rewards: torch.Tensor, x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    returns = discounted_cumsum(token_rewards * x.mask, x.gamma) * x.mask
+    mask = x.mask * x.valid.unsqueeze(1)
+    return masked_whiten(returns, mask), returns * mask
+
+
+@register_advantage("reinforce_pp")
+def _reinforce_pp(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ (Hu 2025, eq. 6-8): per-token returns ``G_t = sum_k gamma^(k-t) r_k`` of the token
+    rewards (KL penalty per token + score at the end), whitened over the global batch."""
+    return _reinforce_returns(x.token_rewards, x)
+
+
+@register_advantage("reinforce_pp_baseline", needs_groups=True)
+def _reinforce_pp_baseline(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++-baseline (Hu 2025, sec. 3.3): the group mean score is subtracted from each score
+    first, then as :func:`_reinforce_pp`."""
+    mean, _, _ = group_stats(x.scores, x.group, x.valid)
+    last = (x.mask.sum(1).long() - 1).clamp_min(0)
+    shifted = x.token_rewards.clone()
+    shifted[torch.arange(len(mean), device=mean.device), last] -= mean.to(shifted.dtype)
+    return _reinforce_returns(shifted, x)
+
+
+def compute_advantages(name: str, x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        estimator = ADVANTAGE_ESTIMATORS[name]
+    except KeyError:
+        raise ValueError(f"unknown advantage estimator {name!r}; known: {', '.join(ADVANTAGE_ESTIMATORS)}") from None
+    return estimator.fn(x)
+
+
+# ----------------------------------------------------------------------------- loss aggregation
+
+
+@dataclass
+class MiniBatchCounts:
+    """Counts over the whole global mini-batch (every process, every micro-batch)."""
+
+    num_tokens: torch.Tensor  # valid response tokens
+    num_seqs: torch.Tensor  # samples with at least one valid token
+    horizon: int  # rollout.max_new_tokens
+
+
+LOSS_AGGREGATIONS: dict[str, Callable[[torch.Tensor, MiniBatchCounts], torch.Tensor]] = {
+    # The mean over every valid token of the mini-batch (legacy PPO, DAPO).
+    "token_mean": lambda mask, c: mask / c.num_tokens.clamp_min(1),
+    # Mean over sequences of each sequence's token mean (original GRPO, Shao et al. 2024 eq. 3).
+    "seq_mean_token_mean": lambda mask, c: mask / (mask.sum(1, keepdim=True).clamp_min(1) * c.num_seqs.clamp_min(1)),
+    # Dr. GRPO: each sequence's token sum over a constant (the generation limit), averaged over sequences.
+    "seq_mean_token_sum_norm": lambda mask, c: mask / (c.horizon * c.num_seqs.clamp_min(1)),
+}
+
+
+def loss_weights(name: str, mask: torch.Tensor, counts: MiniBatchCounts) -> torch.Tensor:
+    """Per-token weights ``(B, T)`` of one micro-batch: ``loss = sum(token_loss * weights)``."""
+    return LOSS_AGGREGATIONS[name](mask.float(), counts)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -176,23 +440,21 @@ def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
-    mask: torch.Tensor,
+    weights: torch.Tensor,
     cliprange: float,
-    normalizer: float | torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate objective (Schulman et al. 2017, eq. 7), summed over valid tokens / normalizer."""
-    mask = mask.to(logprobs.dtype)
+    """Clipped surrogate objective (Schulman et al. 2017, eq. 7), aggregated by ``weights``."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     pg_losses = -advantages * ratio
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_sum(torch.maximum(pg_losses, pg_losses_clipped), mask) / normalizer
+    loss = (torch.maximum(pg_losses, pg_losses_clipped) * weights).sum()
     with torch.no_grad():
         metrics = {
-            "policy/clipfrac": masked_sum((pg_losses_clipped > pg_losses).float(), mask) / normalizer,
-            "policy/approxkl": masked_sum(0.5 * log_ratio**2, mask) / normalizer,
-            "policy/policykl": masked_sum(-log_ratio, mask) / normalizer,
-            "policy/ratio": masked_sum(ratio, mask) / normalizer,
+            "policy/clipfrac": ((pg_losses_clipped > pg_losses).float() * weights).sum(),
+            "policy/approxkl": (0.5 * log_ratio**2 * weights).sum(),
+            "policy/policykl": (-log_ratio * weights).sum(),
+            "policy/ratio": (ratio * weights).sum(),
         }
     return loss, metrics
 
@@ -201,59 +463,70 @@ def value_loss(
     values: torch.Tensor,
     old_values: torch.Tensor,
     returns: torch.Tensor,
-    mask: torch.Tensor,
+    weights: torch.Tensor,
     cliprange_value: float,
-    normalizer: float | torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss ``0.5 * max((v - R)^2, (clip(v, v_old ± c) - R)^2)``, summed / normalizer."""
-    mask = mask.to(values.dtype)
-    values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    """Clipped value loss ``0.5 * max((v - R)^2, (clip(v, v_old ± c) - R)^2)``, aggregated by ``weights``."""
+    # clamp(v, v_old - c, v_old + c) is v itself, bit for bit, inside the range (v_old + clamp(v - v_old) is
+    # not): so clipfrac counts tokens where the clip acts, not rounding noise.
+    values_clipped = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
     vf_losses = (values - returns) ** 2
     vf_losses_clipped = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_sum(torch.maximum(vf_losses, vf_losses_clipped), mask) / normalizer
+    loss = 0.5 * (torch.maximum(vf_losses, vf_losses_clipped) * weights).sum()
     with torch.no_grad():
         metrics = {
-            "val/clipfrac": masked_sum((vf_losses_clipped > vf_losses).float(), mask) / normalizer,
-            "val/vpred": masked_sum(values, mask) / normalizer,
-            "val/error": masked_sum(vf_losses, mask) / normalizer,
+            "val/clipfrac": ((vf_losses_clipped > vf_losses).float() * weights).sum(),
+            "val/vpred": (values * weights).sum(),
+            "val/error": (vf_losses * weights).sum(),
         }
     return loss, metrics
 
 
+@dataclass
+class LossTerms:
+    """The coefficients of :func:`ppo_loss`; a term whose inputs are None is left out."""
+
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+
+
 def ppo_loss(
     logprobs: torch.Tensor,
-    values: torch.Tensor,
-    entropy: torch.Tensor,
     old_logprobs: torch.Tensor,
-    old_values: torch.Tensor,
     advantages: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor,
+    weights: torch.Tensor,
+    terms: LossTerms,
     *,
-    cliprange: float,
-    cliprange_value: float,
-    vf_coef: float,
-    entropy_coef: float,
-    normalizer: float | torch.Tensor,
+    values: torch.Tensor | None = None,
+    old_values: torch.Tensor | None = None,
+    returns: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``policy + vf_coef * value - entropy_coef * entropy``; all (B, T); returns (loss, metrics)."""
-    pg, pg_metrics = policy_loss(logprobs, old_logprobs, advantages, mask, cliprange, normalizer)
-    vf, vf_metrics = value_loss(values, old_values, returns, mask, cliprange_value, normalizer)
-    ent = masked_sum(entropy, mask.to(entropy.dtype)) / normalizer
-    loss = pg + vf_coef * vf - entropy_coef * ent
-    metrics = {
-        "loss/policy": pg.detach(),
-        "loss/value": vf.detach(),
-        "loss/total": loss.detach(),
-        "policy/entropy": ent.detach(),
-        **pg_metrics,
-        **vf_metrics,
-    }
+    """``policy + vf_coef * value - entropy_coef * entropy + kl_coef * KL``, every input ``(B, T)``.
+
+    The value term needs ``values``/``old_values``/``returns`` (gae); the KL term ``ref_logprobs``
+    (``ppo.kl_placement: loss``, GRPO-style: the estimator is evaluated at the current policy, so it
+    is differentiated); ``entropy`` without grad is only reported. Returns ``(loss, metrics)``.
+    """
+    loss, metrics = policy_loss(logprobs, old_logprobs, advantages, weights, terms.cliprange)
+    metrics = {"loss/policy": loss.detach(), **metrics}
+    if values is not None:
+        vf, vf_metrics = value_loss(values, old_values, returns, weights, terms.cliprange_value)
+        loss = loss + terms.vf_coef * vf
+        metrics.update({"loss/value": vf.detach(), **vf_metrics})
+    if entropy is not None:
+        ent = (entropy * weights).sum()
+        if terms.entropy_coef:
+            loss = loss - terms.entropy_coef * ent
+        metrics["policy/entropy"] = ent.detach()
+    if ref_logprobs is not None:
+        kl = (kl_penalty(logprobs, ref_logprobs, terms.kl_estimator) * weights).sum()
+        loss = loss + terms.kl_coef * kl
+        metrics["loss/kl"] = kl.detach()
+    metrics["loss/total"] = loss.detach()
     return loss, metrics
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    var_ret = masked_var(returns, mask)
-    if var_ret.item() == 0:
-        return math.nan
-    return float(1 - masked_var(returns - values, mask) / var_ret)

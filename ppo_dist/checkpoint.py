@@ -40,8 +40,13 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 class CheckpointManager:
-    def __init__(self, accelerator, root: Path, keep: int):
-        self.accelerator, self.root, self.keep = accelerator, Path(root), keep
+    def __init__(self, accelerator, root: Path, keep: int, every: int = 0):
+        self.accelerator, self.root, self.keep, self.every = accelerator, Path(root), keep, every
+
+    def due(self, step: int, last: bool) -> bool:
+        """A periodic checkpoint after ``step`` (``checkpoint.every``); the last step is saved by the
+        trainer's end of run, not here."""
+        return bool(self.every) and step % self.every == 0 and not last
 
     def save(self, step: int) -> Path:
         acc = self.accelerator

@@ -26,19 +26,19 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel
 
-from . import distributed, zero
-from .config import Config, ConfigError, validate
+from . import distributed, tracking, zero
+from .config import PRECISIONS, Config, ConfigError, validate
 from .data import PromptStream, tokenize_prompts
-from .models import CausalLMWithValueHead, disable_dropout, freeze, prepare_tokenizer
-from .rollout import Rollout, left_pad, make_generation_config, right_pad, truncate_at_eos
-from .trainer import PPOEngine, build_optimizer
+from .engine import build_engine
+from .models import CausalLMWithValueHead, prepare_tokenizer
+from .rollout import Rollout, generate, left_pad, make_generation_config, right_pad
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ _UNSUPPORTED: dict[str, Any] = {
     "global_batch_size": None,
 }
 _KL_PENALTY = {"kl": "k1", "k1": "k1", "k3": "k3"}
-_PRECISION = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
+_PRECISION = {"no": "fp32", **{name: name for name in PRECISIONS}}  # accelerate's "no" and ours
 
 
 class PPOConfig:
@@ -177,6 +177,7 @@ class PPOConfig:
         )
         p.kl_estimator = _KL_PENALTY[self.kl_penalty]
         cfg.optim.lr, cfg.optim.max_grad_norm = self.learning_rate, self.max_grad_norm
+        cfg.model.gradient_checkpointing = bool(self.gradient_checkpointing)
         cfg.reward.normalize = bool(self.use_score_norm)
         cfg.reward.clip = self.score_clip
         cfg.train.seed, cfg.train.total_steps = self.seed, self.steps
@@ -235,7 +236,11 @@ def _text_column(dataset) -> str:
 
 
 class PPOTrainer:
-    """Legacy ``trl.PPOTrainer``: ``generate`` / ``step`` / ``log_stats`` on ppo_dist's engine."""
+    """Legacy ``trl.PPOTrainer``: ``generate`` / ``step`` / ``log_stats`` on ppo_dist's engine.
+
+    Models, reference, optimizer and engine are built by :func:`ppo_dist.engine.build_engine`, the
+    same wiring ``train.py`` uses; this class only translates the legacy API.
+    """
 
     def __init__(
         self,
@@ -266,35 +271,33 @@ class PPOTrainer:
         self.tokenizer = prepare_tokenizer(tokenizer)
 
         model = _as_value_head_model(model if model is not None else config.model_name)
-        if config.gradient_checkpointing:
-            model.pretrained_model.gradient_checkpointing_enable()
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id
-        if ref_model is None:
-            ref = copy.deepcopy(model.pretrained_model)
-        else:
-            ref = ref_model.pretrained_model if isinstance(ref_model, CausalLMWithValueHead) else ref_model
-        disable_dropout(model)
-        freeze(ref)
-        if optimizer is None:
-            optimizer, default_scheduler = build_optimizer(cfg, model, plan)
-            lr_scheduler = lr_scheduler or default_scheduler
-        elif lr_scheduler is None:
-            lr_scheduler = LambdaLR(optimizer, lambda _: 1.0)
-        self.model, self.optimizer, self.lr_scheduler = acc.prepare(model, optimizer, lr_scheduler)
-        self.ref_model = zero.prepare_reference(acc, ref)
-        self.engine = PPOEngine(
-            cfg, acc, self.model, self.ref_model, self.optimizer, self.lr_scheduler, self.tokenizer, plan
+        self.is_peft_model = model.is_peft_model
+        if ref_model is not None:
+            ref_model = _as_value_head_model(ref_model)
+        elif not self.is_peft_model:  # legacy: a frozen copy of the value-head model, same parameter names
+            ref_model = copy.deepcopy(model)
+        self.engine = build_engine(
+            cfg,
+            acc,
+            self.tokenizer,
+            plan,
+            policy=model,
+            reference=ref_model,
+            optimizer=optimizer,
+            scheduler=lr_scheduler,
         )
+        self.model, self.optimizer, self.lr_scheduler = self.engine.model, self.engine.optimizer, self.engine.scheduler
+        # Legacy: ref_model is None for a LoRA policy, whose reference is itself under optional_peft_ctx().
+        reference = self.engine.reference
+        self.ref_model = None if self.is_peft_model or reference is None else reference.model
+        self.optional_peft_ctx = self.engine.policy.unwrapped.adapter_disabled if self.is_peft_model else nullcontext
         self.gen_config = make_generation_config(cfg.rollout, self.tokenizer)
 
         self.dataset, self.dataloader = dataset, None
         if dataset is not None:
             self.dataloader = self.prepare_dataloader(dataset, data_collator)
-        if cfg.log.trackers:
-            acc.init_trackers(
-                config.tracker_project_name, config=_flat_hparams(config), init_kwargs=config.tracker_kwargs
-            )
+        self.tracker = tracking.RunTracker(acc, cfg)
+        self.tracker.start(resume_step=0, hparams=_legacy_hparams(config), init_kwargs=config.tracker_kwargs)
 
     @property
     def current_device(self) -> torch.device:
@@ -342,17 +345,22 @@ class PPOTrainer:
             generation_kwargs["max_new_tokens"] = int(length_sampler())
         gen = self._generation_config(generation_kwargs)
         chunk = len(queries) if single else max(1, int(batch_size))
+        acc = self.accelerator
         # Under bf16/fp16 mixed precision, autocast casts the weights once per call (its cache lives
         # as long as the context), so every decoding step reads half-width weights.
-        acc = self.accelerator
         with (
             zero.gathered_for_generation(acc, self.model, self.cfg.rollout.gather_for_generation) as policy,
             acc.autocast(),
         ):
             policy.eval()
-            out = self._generate(policy, queries, gen, chunk, return_prompt)
-        with acc.autocast():
-            ref = self._generate(self.ref_model, queries, gen, chunk, return_prompt) if generate_ref_response else None
+            out = self._as_lists(generate(policy, queries, self.tokenizer, gen, chunk), return_prompt)
+        ref = None
+        if generate_ref_response:
+            reference = self.engine.reference
+            if reference is None:
+                raise ValueError("generate_ref_response=True needs a reference model, and init_kl_coef=0 builds none")
+            with reference.context(), acc.autocast():
+                ref = self._as_lists(generate(reference.model, queries, self.tokenizer, gen, chunk), return_prompt)
         if single:
             out = out[0].unsqueeze(0)
             ref = ref[0].unsqueeze(0) if ref is not None else None
@@ -372,19 +380,16 @@ class PPOTrainer:
             raise ValueError(f"unknown generation arguments: {sorted(unused)}")
         return gen
 
-    def _generate(self, model, queries: list[torch.Tensor], gen, chunk: int, return_prompt: bool) -> list[torch.Tensor]:
-        device, pad = self.accelerator.device, self.tokenizer.pad_token_id
-        eos = gen.eos_token_id if isinstance(gen.eos_token_id, int) else self.tokenizer.eos_token_id
-        results = []
-        for start in range(0, len(queries), chunk):
-            part = queries[start : start + chunk]
-            ids, mask = (t.to(device) for t in left_pad(part, pad))
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
-            responses, response_mask = truncate_at_eos(out[:, ids.shape[1] :], eos, pad)
-            for q, r, m in zip(part, responses, response_mask, strict=True):
-                r = r[: int(m.sum())]
-                results.append(torch.cat([q.to(device), r]) if return_prompt else r)
-        return results
+    @staticmethod
+    def _as_lists(rollout: Rollout, return_prompt: bool) -> list[torch.Tensor]:
+        """Per-sample 1-D tensors: the response up to and including EOS, after its prompt if asked."""
+        out = []
+        for q, qm, r, rm in zip(
+            rollout.queries, rollout.query_mask, rollout.responses, rollout.response_mask, strict=True
+        ):
+            response = r[: int(rm.sum())]
+            out.append(torch.cat([q[qm.bool()], response]) if return_prompt else response)
+        return out
 
     # ------------------------------------------------------------------ the update
 
@@ -394,14 +399,17 @@ class PPOTrainer:
         Under several processes every process calls ``step`` with its own batch; the update and the
         returned statistics are computed on all processes' samples together.
         """
-        error = None
+        error = score_t = None
         try:
             score_t = self._validate_step_inputs(queries, responses, scores)
         except ValueError as e:
             error = e
-        # Every process agrees before the engine's collectives: one bad batch must not hang the others.
-        if distributed.any_process(self.accelerator, error is not None):
-            raise error or ValueError("step: another process passed invalid inputs (see its error)")
+        failures = distributed.failures_everywhere(self.accelerator, error)
+        if failures is not None:  # one bad batch must not hang the other processes in the engine's collectives
+            if error is not None:
+                raise error
+            ranks = ", ".join(str(r) for r, m in enumerate(failures) if m)
+            raise ValueError(f"step: process(es) {ranks} passed invalid inputs: {'; '.join(m for m in failures if m)}")
 
         t0 = time.perf_counter()
         device, pad = self.accelerator.device, self.tokenizer.pad_token_id
@@ -419,8 +427,8 @@ class PPOTrainer:
                 raise ValueError(f"{name} must be a list, got {type(value).__name__}")
         if not len(queries) == len(responses) == len(scores):
             raise ValueError(
-                f"queries, responses and scores must have the same length, got {len(queries)}, {len(responses)}, "
-                f"{len(scores)}"
+                "queries, responses and scores must have the same length, got "
+                f"{len(queries)}, {len(responses)}, {len(scores)}"
             )
         if len(queries) != n:
             raise ValueError(
@@ -435,31 +443,16 @@ class PPOTrainer:
     def log_stats(
         self, stats: dict, batch: dict, rewards: Sequence, columns_to_log: Sequence[str] = ("query", "response")
     ) -> None:
-        """Write ``stats`` (and a table of samples, main process only) to the configured tracker."""
-        acc = self.accelerator
-        if not self.cfg.log.trackers:
-            return
+        """Write ``stats`` (and a table of this process's samples, from the main process) to the trackers."""
         scalars = {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        acc.log(scalars, step=self.engine.global_step)
-        if acc.is_main_process and "tensorboard" in self.cfg.log.trackers and all(c in batch for c in columns_to_log):
-            writer = acc.get_tracker("tensorboard", unwrap=True)
-            rows = zip(*(batch[c] for c in columns_to_log), [float(_scalar(x)) for x in rewards], strict=True)
-            header = " | ".join([*columns_to_log, "reward"])
-            table = "\n".join(
-                [header, " | ".join(["---"] * (len(columns_to_log) + 1))]
-                + [" | ".join(str(v).replace("|", "/").replace("\n", " ") for v in row) for row in rows]
-            )
-            writer.add_text("game_log", table, self.engine.global_step)
+        table = None
+        if all(c in batch for c in columns_to_log):
+            table = {c: list(batch[c]) for c in columns_to_log} | {"reward": [_scalar(x) for x in rewards]}
+        self.tracker.log(self.engine.global_step, scalars, table=table)
 
     def save_pretrained(self, save_directory: str) -> None:
-        """Save the policy (with its value head) and the tokenizer, from the main process."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        state = acc.get_state_dict(self.model)
-        if acc.is_main_process:
-            acc.unwrap_model(self.model).save_pretrained(save_directory, state_dict=state)
-            self.tokenizer.save_pretrained(save_directory)
-        acc.wait_for_everyone()
+        """Save the policy (with its value head; LoRA: merged, plus the adapter) and the tokenizer."""
+        self.engine.save_pretrained(save_directory, self.tokenizer)
 
     def end(self) -> None:
         """Close trackers and the process group (call once at the end of a multi-process script)."""
@@ -509,9 +502,6 @@ def _scores_tensor(scores: Sequence) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-def _flat_hparams(config: PPOConfig) -> dict:
-    return {
-        k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-        for k in _LEGACY_DEFAULTS
-        if (v := getattr(config, k)) is not None
-    }
+def _legacy_hparams(config: PPOConfig) -> dict:
+    """The legacy config as the trackers' hyperparameters (legacy trl logged ``config.to_dict()``)."""
+    return {k: getattr(config, k) for k in _LEGACY_DEFAULTS}

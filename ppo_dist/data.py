@@ -118,9 +118,12 @@ class PromptStream:
         n, start = len(self), step * self.batch_size
         return [int(self._perm(i // n)[i % n]) for i in range(start, start + self.batch_size)]
 
-    def local_batch(self, step: int, rank: int, world_size: int) -> PromptBatch:
-        local = self.batch_size // world_size
-        idx = self.global_indices(step)[rank * local : (rank + 1) * local]
+    def local_batch(self, step: int, rank: int, world_size: int, n_samples_per_prompt: int = 1) -> PromptBatch:
+        """Process ``rank``'s samples of step ``step``: the step's prompts, each repeated
+        ``n_samples_per_prompt`` times (a group), split into ``world_size`` contiguous parts."""
+        samples = [i for i in self.global_indices(step) for _ in range(n_samples_per_prompt)]
+        local = len(samples) // world_size
+        idx = samples[rank * local : (rank + 1) * local]
         rows = self.dataset.select(idx)
         columns = {c: rows[c] for c in rows.column_names if c != self.prompt_column}
         return PromptBatch(idx, [self.input_ids[i] for i in idx], list(rows[self.prompt_column]), columns)

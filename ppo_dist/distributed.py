@@ -13,9 +13,8 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
 from . import zero
-from .config import BatchPlan, Config
+from .config import PRECISIONS, BatchPlan, Config
 
-MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 logger = logging.getLogger(__name__)
 
 # glibc mallopt parameters (malloc.h)
@@ -58,7 +57,7 @@ def build_accelerator(cfg: Config, plan: BatchPlan) -> Accelerator:
     plugin = zero.deepspeed_plugin(cfg, plan) if zero.deepspeed_requested() else None
     accelerator = Accelerator(
         deepspeed_plugin=plugin,
-        mixed_precision=MIXED_PRECISION[cfg.model.dtype],
+        mixed_precision=PRECISIONS[cfg.model.dtype],
         gradient_accumulation_steps=plan.gradient_accumulation_steps,
         step_scheduler_with_optimizer=False,  # stepped by hand, once per optimiser step, on every world size
         log_with=trackers,
@@ -95,6 +94,19 @@ def any_process(accelerator: Accelerator, flag: bool) -> bool:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+
+
+def failures_everywhere(accelerator: Accelerator, error: BaseException | None) -> list[str] | None:
+    """Every process agrees on a failure before going on to a collective.
+
+    Returns None on every process when no process failed; otherwise, on every process, one message
+    per rank in rank order ("" for ranks that did not fail), so that all raise the same error
+    instead of the healthy ones hanging in the next collective. One all-reduce; strings are gathered
+    only on failure.
+    """
+    if not any_process(accelerator, error is not None):
+        return None
+    return gather_strings(accelerator, "" if error is None else str(error))
 
 
 def gather_strings(accelerator: Accelerator, text: str) -> list[str]:

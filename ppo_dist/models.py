@@ -1,57 +1,115 @@
-"""Policy with a value head, the frozen reference model, tokenizers and the embedded tiny model."""
+"""Policy (causal LM + optional value head), reference model, LoRA, tokenizers, the embedded tiny model.
+
+The engine talks to models through one call: ``model(input_ids=queries, attention_mask=query_mask,
+responses=..., response_mask=..., entropy=..., with_values=...)`` returns :class:`TokenScores` for
+the response tokens. It goes through the module's ``forward`` so that DDP / DeepSpeed wrappers see
+it (gradient synchronisation, ZeRO-3 parameter gathering). Without ``responses`` the forward is the
+legacy trl one, ``(logits, loss, values)``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
-from .config import ModelConfig
+from . import algos
+from .config import LoRAConfig, ModelConfig
 from .tokenizer import load_embedded_tokenizer
 
 logger = logging.getLogger(__name__)
 
 VALUE_HEAD_FILE = "value_head.pt"
+ADAPTER_DIR = "adapter"
 
 
 class ModelLoadError(RuntimeError):
     """A model or tokenizer could not be loaded; the message names the path."""
 
 
-class CausalLMWithValueHead(nn.Module):
-    """A Hugging Face causal LM plus a scalar value head on its last hidden state.
+@dataclass
+class TokenScores:
+    """What the engine asks a model for, per response token: ``(B, T)`` float32 tensors."""
 
-    ``forward`` returns ``(logits, loss, values)`` like the legacy trl model, so code written for it
-    keeps working. ``logits_to_keep=k`` computes logits (and values) for the last ``k`` positions
-    only, which is all PPO needs: the response tokens.
+    logprobs: torch.Tensor
+    entropy: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+
+def is_peft_model(lm: nn.Module) -> bool:
+    return hasattr(lm, "disable_adapter") and hasattr(lm, "get_base_model")
+
+
+def _hf_model(lm: nn.Module) -> PreTrainedModel:
+    """The Hugging Face model inside a peft wrapper (LoRA layers are injected into it in place)."""
+    return lm.get_base_model() if is_peft_model(lm) else lm
+
+
+class CausalLMWithValueHead(nn.Module):
+    """A Hugging Face causal LM plus, when it is the critic too, a scalar value head on its last hidden state.
+
+    ``v_head`` is None for critic-free estimators (and for reference models). The legacy forward
+    returns ``(logits, loss, values)`` like legacy trl's model; ``logits_to_keep=k`` computes logits
+    (and values) for the last ``k`` positions only.
     """
 
-    def __init__(self, pretrained_model: PreTrainedModel):
+    def __init__(self, pretrained_model: PreTrainedModel, value_head: bool = True, logits_chunk_tokens: int = 0):
         super().__init__()
         self.pretrained_model = pretrained_model
-        hidden = _hidden_size(pretrained_model.config)
-        self.v_head = nn.Linear(hidden, 1)
-        nn.init.normal_(self.v_head.weight, std=1.0 / (hidden + 1) ** 0.5)
-        nn.init.zeros_(self.v_head.bias)
-        self._supports_logits_to_keep = "logits_to_keep" in inspect.signature(pretrained_model.forward).parameters
+        hf = _hf_model(pretrained_model)
+        self.v_head = None
+        if value_head:
+            hidden = _hidden_size(hf.config)
+            self.v_head = nn.Linear(hidden, 1)
+            nn.init.normal_(self.v_head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            nn.init.zeros_(self.v_head.bias)
+        self.chunk_tokens = algos.chunk_tokens_for(hf.config.vocab_size, logits_chunk_tokens)
+        self._supports_logits_to_keep = "logits_to_keep" in inspect.signature(hf.forward).parameters
 
     @property
     def config(self):
-        return self.pretrained_model.config
+        return _hf_model(self.pretrained_model).config
 
     @property
     def generation_config(self):
-        return self.pretrained_model.generation_config
+        return _hf_model(self.pretrained_model).generation_config
+
+    @property
+    def is_peft_model(self) -> bool:
+        return is_peft_model(self.pretrained_model)
+
+    def adapter_disabled(self):
+        """Context in which the LoRA policy is its base model (the reference); an error without LoRA."""
+        if not self.is_peft_model:
+            raise RuntimeError("adapter_disabled() needs a LoRA (peft) policy")
+        return self.pretrained_model.disable_adapter()
+
+    # ------------------------------------------------------------------ forward
 
     def forward(
-        self, input_ids, attention_mask=None, position_ids=None, labels=None, logits_to_keep: int = 0, **kwargs
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        labels=None,
+        logits_to_keep: int = 0,
+        *,
+        responses: torch.Tensor | None = None,
+        response_mask: torch.Tensor | None = None,
+        entropy: str = "none",
+        with_values: bool = False,
+        **kwargs,
     ):
+        if responses is not None:
+            return self._score(input_ids, attention_mask, responses, response_mask, entropy, with_values)
         extra = {"logits_to_keep": logits_to_keep} if (logits_to_keep and self._supports_logits_to_keep) else {}
         out = self.pretrained_model(
             input_ids=input_ids,
@@ -69,8 +127,73 @@ class CausalLMWithValueHead(nn.Module):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
             logits = logits[:, -logits_to_keep:]
-        values = self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1)
+        values = None if self.v_head is None else self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1)
         return logits, out.loss, values
+
+    def _score(self, queries, query_mask, responses, response_mask, entropy: str, with_values: bool) -> TokenScores:
+        """Logprobs (+ entropy, values) of the response tokens, from the last hidden state.
+
+        Sequence layout ``[query (left-padded) | response (right-padded)]``; position ids follow the
+        attention mask, so the amount of padding never changes a result. Logits are formed a chunk
+        of positions at a time (:func:`algos.chunked_logprobs`): no ``(B, T, vocab)`` fp32 tensor.
+        """
+        if with_values and self.v_head is None:
+            raise RuntimeError("values requested from a model without a value head")
+        input_ids = torch.cat([queries, responses], dim=1)
+        attention_mask = torch.cat([query_mask, response_mask], dim=1)
+        position_ids = (attention_mask.cumsum(1) - 1).clamp_min(0)
+        hf = _hf_model(self.pretrained_model)
+        out = hf.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        T = responses.shape[1]
+        hidden = out.last_hidden_state[:, -T - 1 : -1]  # the position before each response token predicts it
+        logprobs, ent = algos.chunked_logprobs(
+            hidden, self._head, responses, chunk_tokens=self.chunk_tokens, entropy=entropy
+        )
+        values = None
+        if with_values:
+            values = self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
+        return TokenScores(logprobs, ent, values)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head (and the final-logit transforms some architectures apply after it)."""
+        hf = _hf_model(self.pretrained_model)
+        logits = hf.get_output_embeddings()(hidden)
+        cap = getattr(hf.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        scale = getattr(hf.config, "logit_scale", None)
+        if isinstance(scale, (int, float)) and scale != 1:
+            logits = logits * scale
+        return logits
+
+    @torch.no_grad()
+    def check_scoring_matches_logits(self) -> None:
+        """The hidden-state + head path must reproduce the model's own logits (it would not for an
+        architecture with an unknown transform after the LM head): checked once on 6 tokens."""
+        was_training = self.training
+        self.eval()
+        try:
+            vocab = self.config.vocab_size
+            ids = torch.randint(0, vocab, (1, 6), generator=torch.Generator().manual_seed(0))
+            ids = ids.to(next(self.parameters()).device)
+            ones = torch.ones_like(ids)
+            scored = self(
+                input_ids=ids[:, :3], attention_mask=ones[:, :3], responses=ids[:, 3:], response_mask=ones[:, 3:]
+            )
+            logits = self.pretrained_model(input_ids=ids, attention_mask=ones, use_cache=False).logits[:, 2:5]
+            expected = algos.logprobs_from_logits(logits, ids[:, 3:])
+            if not torch.allclose(scored.logprobs, expected, rtol=1e-4, atol=1e-4):
+                raise ModelLoadError(
+                    f"{type(_hf_model(self.pretrained_model)).__name__}: logprobs from the last hidden state and the "
+                    f"output embeddings differ from the model's logits (max error "
+                    f"{(scored.logprobs - expected).abs().max().item():.3g}); this architecture is not supported"
+                )
+        finally:
+            self.train(was_training)
+
+    # ------------------------------------------------------------------ HF-like surface
 
     def generate(self, *args, **kwargs):
         return self.pretrained_model.generate(*args, **kwargs)
@@ -79,27 +202,36 @@ class CausalLMWithValueHead(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
 
     def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None, **kwargs) -> None:
-        """Save the LM as a normal HF directory, plus ``value_head.pt`` beside it."""
+        """Save the LM as a normal HF directory (a LoRA policy: merged, plus ``adapter/``), and
+        ``value_head.pt`` beside it when the model has a value head."""
         save_directory = Path(save_directory)
-        if state_dict is not None:
-            lm_state = {
-                k[len("pretrained_model.") :]: v for k, v in state_dict.items() if k.startswith("pretrained_model.")
-            }
-            head_state = {k[len("v_head.") :]: v for k, v in state_dict.items() if k.startswith("v_head.")}
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        lm_state = _strip_prefix(state_dict, "pretrained_model.")
+        if self.is_peft_model:
+            save_merged_lora(self.pretrained_model, lm_state, save_directory, **kwargs)
         else:
-            lm_state, head_state = None, self.v_head.state_dict()
-        self.pretrained_model.save_pretrained(save_directory, state_dict=lm_state, **kwargs)
-        torch.save({k: v.detach().cpu() for k, v in head_state.items()}, save_directory / VALUE_HEAD_FILE)
+            self.pretrained_model.save_pretrained(save_directory, state_dict=lm_state, **kwargs)
+        if self.v_head is not None:
+            head = _strip_prefix(state_dict, "v_head.")
+            torch.save({k: v.detach().cpu() for k, v in head.items()}, save_directory / VALUE_HEAD_FILE)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike | PreTrainedModel, **kwargs) -> CausalLMWithValueHead:
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike | PreTrainedModel, value_head: bool = True, **kwargs
+    ) -> CausalLMWithValueHead:
         """Load an HF causal LM (path, hub name or model object); restore a saved value head if present."""
-        lm = name_or_path if isinstance(name_or_path, PreTrainedModel) else load_causal_lm(str(name_or_path), **kwargs)
-        model = cls(lm)
-        head = Path(str(name_or_path)) / VALUE_HEAD_FILE if not isinstance(name_or_path, PreTrainedModel) else None
-        if head is not None and head.is_file():
+        if isinstance(name_or_path, PreTrainedModel) or is_peft_model(name_or_path):
+            lm, head = name_or_path, None
+        else:
+            lm, head = load_causal_lm(str(name_or_path), **kwargs), Path(str(name_or_path)) / VALUE_HEAD_FILE
+        model = cls(lm, value_head=value_head)
+        if model.v_head is not None and head is not None and head.is_file():
             model.v_head.load_state_dict(torch.load(head, map_location="cpu", weights_only=True))
         return model
+
+
+def _strip_prefix(state: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _hidden_size(config) -> int:
@@ -109,12 +241,59 @@ def _hidden_size(config) -> int:
     raise ModelLoadError(f"cannot find the hidden size in config of type {type(config).__name__}")
 
 
+# ---------------------------------------------------------------------------------------- LoRA
+
+
+def apply_lora(lm: PreTrainedModel, cfg: LoRAConfig):
+    """Wrap ``lm`` with peft LoRA adapters (only the adapters are trainable)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ModelLoadError("model.lora.r > 0 needs peft: pip install 'ppo_dist[peft]'") from None
+    from transformers.pytorch_utils import Conv1D
+
+    lora = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in lm.modules()),  # GPT-2 style Conv1D layers
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(lm, lora)
+    except ValueError as e:
+        raise ModelLoadError(f"model.lora.target_modules={cfg.target_modules!r}: {e}") from None
+
+
+def save_merged_lora(peft_model, lm_state: dict, path: Path, **kwargs) -> None:
+    """``path``: the base model with the adapter merged in (a normal HF directory); ``path/adapter``:
+    the adapter alone (``peft.PeftModel.from_pretrained``). ``lm_state`` is the peft model's full
+    state dict (consolidated from shards under ZeRO-3), so this works whatever holds the live weights."""
+    from peft import get_peft_model, get_peft_model_state_dict
+
+    peft_model.save_pretrained(path / ADAPTER_DIR, state_dict=get_peft_model_state_dict(peft_model, lm_state))
+    hf = peft_model.get_base_model()
+    dtype = next(iter(lm_state.values())).dtype if lm_state else torch.float32
+    # A fresh CPU copy carries the merge, so the live model keeps its adapter (training may go on).
+    base = type(hf)._from_config(copy.deepcopy(hf.config), dtype=dtype)
+    clone = get_peft_model(base, copy.deepcopy(peft_model.peft_config["default"]))
+    missing, unexpected = clone.load_state_dict(lm_state, strict=False)
+    if unexpected or [k for k in missing if "lora_" in k]:
+        raise RuntimeError(f"LoRA state does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    clone.merge_and_unload().save_pretrained(path, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
 def load_causal_lm(name_or_path: str, **kwargs) -> PreTrainedModel:
     """``AutoModelForCausalLM.from_pretrained`` with one clear error for a bad path or model type."""
     local = Path(name_or_path)
-    if (
-        name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path and not _looks_like_hub_id(name_or_path)
-    ) and not local.exists():
+    looks_local = name_or_path.startswith((".", "/", "~")) or (
+        os.sep in name_or_path and not _looks_like_hub_id(name_or_path)
+    )
+    if looks_local and not local.exists():
         raise ModelLoadError(f"model path {name_or_path!r} does not exist")
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
@@ -176,28 +355,71 @@ def prepare_tokenizer(tokenizer):
     return tokenizer
 
 
-def build_models(cfg: ModelConfig, tokenizer) -> tuple[CausalLMWithValueHead, PreTrainedModel]:
-    """(policy with value head, frozen reference). Seed before calling for reproducible heads."""
-    kwargs = {"trust_remote_code": cfg.trust_remote_code} if cfg.name_or_path else {}
-    if cfg.name_or_path:
-        policy = CausalLMWithValueHead.from_pretrained(cfg.name_or_path, **kwargs)
-    else:
-        policy = CausalLMWithValueHead(build_tiny_gpt2(cfg, tokenizer))
-    if policy.config.pad_token_id is None:
-        policy.config.pad_token_id = tokenizer.pad_token_id
-    ref = (
-        load_causal_lm(cfg.ref_name_or_path, **kwargs)
-        if cfg.ref_name_or_path
-        else copy.deepcopy(policy.pretrained_model)
-    )
-    if cfg.disable_dropout:
-        disable_dropout(policy)
-        disable_dropout(ref)
-    freeze(ref)
-    return policy, ref
-
-
 def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+# ---------------------------------------------------------------------------------------- building
+
+
+def prepare_policy(
+    policy: CausalLMWithValueHead, cfg: ModelConfig, tokenizer, disable_dropout_: bool = True
+) -> CausalLMWithValueHead:
+    """What every policy needs before training, whoever built it (service config or legacy API):
+    a pad token id, dropout off, gradient checkpointing when asked, and a checked scoring path."""
+    if policy.config.pad_token_id is None:
+        policy.config.pad_token_id = tokenizer.pad_token_id
+    if disable_dropout_:
+        disable_dropout(policy)
+    policy.check_scoring_matches_logits()
+    if cfg.gradient_checkpointing:
+        _hf_model(policy.pretrained_model).gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    return policy
+
+
+def build_policy(cfg: ModelConfig, tokenizer, value_head: bool) -> CausalLMWithValueHead:
+    """The policy from the config: ``model.name_or_path`` or the embedded tiny GPT-2, LoRA when
+    ``model.lora.r > 0``, a value head when the estimator uses a critic. Seed first: reproducible heads."""
+    if cfg.name_or_path:
+        lm = load_causal_lm(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
+    else:
+        lm = build_tiny_gpt2(cfg, tokenizer)
+    head_file = Path(cfg.name_or_path) / VALUE_HEAD_FILE if cfg.name_or_path else None
+    if cfg.lora.r > 0:
+        lm = apply_lora(lm, cfg.lora)
+    policy = CausalLMWithValueHead(lm, value_head=value_head, logits_chunk_tokens=cfg.logits_chunk_tokens)
+    if policy.v_head is not None and head_file is not None and head_file.is_file():
+        policy.v_head.load_state_dict(torch.load(head_file, map_location="cpu", weights_only=True))
+    return prepare_policy(policy, cfg, tokenizer, cfg.disable_dropout)
+
+
+def build_reference_model(cfg: ModelConfig, policy: CausalLMWithValueHead, tokenizer) -> CausalLMWithValueHead | None:
+    """A separate frozen reference, or None when the LoRA policy's adapter-disabled self is the
+    reference (no second model in memory). ``model.ref_name_or_path`` wins over both."""
+    if cfg.ref_name_or_path:
+        lm = load_causal_lm(cfg.ref_name_or_path, trust_remote_code=cfg.trust_remote_code)
+        ref = CausalLMWithValueHead(lm, value_head=False, logits_chunk_tokens=cfg.logits_chunk_tokens)
+    elif policy.is_peft_model:
+        return None
+    else:
+        ref = CausalLMWithValueHead(
+            copy.deepcopy(policy.pretrained_model), value_head=False, logits_chunk_tokens=cfg.logits_chunk_tokens
+        )
+    if ref.config.pad_token_id is None:
+        ref.config.pad_token_id = tokenizer.pad_token_id
+    disable_dropout(ref)
+    return freeze(ref)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -13,7 +13,6 @@ drops events an interrupted run wrote after its last checkpoint: no step appears
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import resource
 import sys
@@ -25,37 +24,27 @@ from .config import Config, ConfigError
 logger = logging.getLogger(__name__)
 
 HEADLINE_METRICS = ("env/reward_mean", "objective/kl", "ppo/loss/total", "objective/entropy")
-# accelerate's tracker name -> the package it needs
-_TRACKER_PACKAGES = {
-    "tensorboard": "tensorboard",
-    "wandb": "wandb",
-    "mlflow": "mlflow",
-    "comet_ml": "comet_ml",
-    "aim": "aim",
-    "clearml": "clearml",
-    "dvclive": "dvclive",
-    "swanlab": "swanlab",
-    "trackio": "trackio",
-}
+HISTORY_KEYS = ("env/reward_mean", "objective/kl", "objective/kl_coef")  # kept in checkpoints, for the summary
 
 
 def check_trackers(names: list[str]) -> None:
-    """Fail before training when a configured tracker is unknown or its package is not installed."""
+    """Fail before training when a configured tracker is unknown to accelerate or not installed."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
     for name in names:
-        if name not in _TRACKER_PACKAGES:
+        if name not in LOGGER_TYPE_TO_CLASS:
             raise ConfigError(
-                f"log.trackers: unknown tracker {name!r}; accelerate supports {sorted(_TRACKER_PACKAGES)}"
+                f"log.trackers: unknown tracker {name!r}; accelerate supports {sorted(LOGGER_TYPE_TO_CLASS)}"
             )
-        if importlib.util.find_spec(_TRACKER_PACKAGES[name]) is None:
-            raise ConfigError(
-                f"log.trackers has {name!r} but the package {_TRACKER_PACKAGES[name]!r} is not installed (pip "
-                f"install {_TRACKER_PACKAGES[name]})"
-            )
+        if name not in available:
+            raise ConfigError(f"log.trackers has {name!r} but its package is not installed (pip install {name})")
 
 
-def flat_hparams(cfg: Config) -> dict[str, int | float | str | bool]:
-    """``{"ppo.cliprange": 0.2, "reward.functions": "['chinese_rule']", ...}``: scalars kept, the rest as strings."""
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.flat().items()}
+def flat_hparams(values: dict) -> dict[str, int | float | str | bool]:
+    """``{"ppo.cliprange": 0.2, "reward.functions": "['chinese_rule']", ...}``: scalars kept, the rest
+    (lists, None, dicts) as strings, which is what the HParams view takes."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in values.items()}
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -78,14 +67,16 @@ class RunTracker:
         self.accelerator, self.cfg = accelerator, cfg
         self.enabled = bool(cfg.log.trackers)
 
-    def start(self, resume_step: int) -> None:
+    def start(self, resume_step: int = 0, hparams: dict | None = None, init_kwargs: dict | None = None) -> None:
+        """Start the trackers; ``hparams`` (default: the flattened config) go to the HParams view."""
         acc, cfg = self.accelerator, self.cfg
         if not self.enabled:
             return
-        # Steps after the checkpoint that an interrupted run logged are dropped by TensorBoard.
-        init_kwargs = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step else {}
+        init_kwargs = dict(init_kwargs or {})
+        if resume_step:  # steps an interrupted run logged after its checkpoint are dropped by TensorBoard
+            init_kwargs["tensorboard"] = {**init_kwargs.get("tensorboard", {}), "purge_step": resume_step + 1}
         acc.init_trackers(cfg.log.project_name, init_kwargs=init_kwargs)
-        hparams = flat_hparams(cfg)
+        hparams = flat_hparams(cfg.flat() if hparams is None else hparams)
         for tracker in acc.trackers:
             if tracker.name == "tensorboard":
                 self._tensorboard_hparams(tracker.writer, hparams)
@@ -107,40 +98,94 @@ class RunTracker:
         for summary in (exp, ssi, sei):
             writer.file_writer.add_summary(summary)
 
+    def log_step(self, step: int, stats: dict[str, float], batch, samples: dict, local_scores: torch.Tensor) -> None:
+        """The trainer's per-step logging, at the cadence of ``log.log_every`` / ``log.samples_every``:
+        scalars, histograms of the global batch (``batch``: the engine's gathered batch) and, every
+        ``samples_every`` steps, a table of this process's samples (main process only)."""
+        lg = self.cfg.log
+        if step % lg.log_every:
+            return
+        table = None
+        if lg.samples_every and step % lg.samples_every == 0:
+            table = {
+                "prompt": samples["prompts"],
+                "completion": samples["completions"],
+                "reward": local_scores.tolist(),
+            }
+        histograms = {
+            "env/reward_dist": batch.raw_scores[batch.valid],
+            "tokens/responses_len_dist": batch.response_mask.sum(1)[batch.valid],
+        }
+        self.log(step, stats, histograms, table)
+
     def log(
-        self,
-        step: int,
-        stats: dict[str, float],
-        rewards: torch.Tensor,
-        response_lengths: torch.Tensor,
-        samples: dict | None,
+        self, step: int, stats: dict[str, float], histograms: dict | None = None, table: dict | None = None
     ) -> None:
-        """Scalars for ``step``; histograms of the global batch; a sample table when ``samples`` is given."""
+        """Scalars for ``step``; TensorBoard histograms (tag -> tensor) and a sample table (column -> values)."""
         if not self.enabled:
             return
         self.accelerator.log(stats, step=step)
         writer = self._tb
         if writer is None:
             return
-        for tag, values in (("env/reward_dist", rewards), ("tokens/responses_len_dist", response_lengths)):
+        for tag, values in (histograms or {}).items():
             values = values.detach().double().cpu()
             try:
                 writer.add_histogram(tag, values[values.isfinite()], step)
             except ValueError as e:  # tensorboard cannot bin e.g. values near the float limits
                 logger.warning("histogram %s not written at step %d: %s", tag, step, e)
-        if samples is not None:
-            writer.add_text(
-                "samples", sample_table(samples["prompts"], samples["completions"], samples["rewards"]), step
-            )
+        if table is not None:
+            writer.add_text("samples", sample_table(table), step)
         writer.flush()
 
 
-def sample_table(prompts: list[str], completions: list[str], rewards: list[float], max_chars: int = 200) -> str:
-    """A Markdown table (TensorBoard's text plugin renders it) of prompt | completion | reward."""
+def sample_table(columns: dict[str, list], max_chars: int = 200) -> str:
+    """A Markdown table (TensorBoard's text plugin renders it), one column per key."""
 
-    def cell(text: str) -> str:
+    def cell(value) -> str:
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
         text = text.replace("|", "\\|").replace("\n", " ")
         return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
-    rows = [f"| {cell(p)} | {cell(c)} | {r:.3f} |" for p, c, r in zip(prompts, completions, rewards, strict=True)]
-    return "\n".join(["| prompt | completion | reward |", "|---|---|---|", *rows])
+    rows = zip(*columns.values(), strict=True)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+def throughput(stats: dict[str, float], num_samples: int) -> dict[str, float]:
+    tokens = stats["tokens/responses_len_mean"] * num_samples
+    return {
+        "throughput/tokens_per_s": tokens / stats["time/step"],
+        "throughput/samples_per_s": num_samples / stats["time/step"],
+    }
+
+
+def progress_bar(accelerator, cfg: Config, start: int):
+    if not (cfg.log.progress_bar and accelerator.is_main_process):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.train.total_steps, initial=start, desc="ppo", dynamic_ncols=True)
+
+
+def update_progress(progress, stats: dict[str, float]) -> None:
+    if progress is None:
+        return
+    progress.update(1)
+    postfix = {"reward": f"{stats['env/reward_mean']:.3f}", "tok_s": f"{stats['throughput/tokens_per_s']:.0f}"}
+    if "objective/kl" in stats:
+        postfix["kl"] = f"{stats['objective/kl']:.3f}"
+    progress.set_postfix(**postfix)
+
+
+def print_summary(accelerator, history: list[dict[str, float]]) -> None:
+    """``mean reward: first k steps a -> last k steps b (...)`` on the main process."""
+    if not accelerator.is_main_process or not history:
+        return
+    k = min(10, max(1, len(history) // 2))
+    first = sum(h["env/reward_mean"] for h in history[:k]) / k
+    last = sum(h["env/reward_mean"] for h in history[-k:]) / k
+    extra = ""
+    if "objective/kl" in history[-1]:
+        extra = f" (kl {history[-1]['objective/kl']:.3f}, kl_coef {history[-1]['objective/kl_coef']:.4f})"
+    print(f"mean reward: first {k} steps {first:.3f} -> last {k} steps {last:.3f}{extra}", flush=True)

@@ -8,8 +8,8 @@ import torch
 
 from ppo_dist.config import ConfigError, DataConfig, ModelConfig
 from ppo_dist.data import PromptStream, load_prompt_dataset, tokenize_prompts
-from ppo_dist.models import build_models, load_tokenizer
-from ppo_dist.rollout import batched_forward, left_pad, right_pad, truncate_at_eos
+from ppo_dist.models import build_policy, load_tokenizer
+from ppo_dist.rollout import Rollout, left_pad, plan_micro_batches, right_pad, score_in_micro_batches, truncate_at_eos
 
 from .launch import TINY_ARGS, launch
 
@@ -79,20 +79,36 @@ def test_truncate_at_eos_keeps_eos_and_masks_after():
 def test_logprobs_and_values_do_not_depend_on_padding_or_micro_batching():
     torch.manual_seed(0)
     tok = load_tokenizer(ModelConfig())
-    policy, ref = build_models(ModelConfig(tiny_n_layer=1, tiny_n_embd=32, tiny_n_head=2), tok)
+    policy = build_policy(ModelConfig(tiny_n_layer=1, tiny_n_embd=32, tiny_n_head=2), tok, value_head=True)
     queries = [torch.tensor([5, 6, 7]), torch.tensor([8]), torch.tensor([9, 10])]
     responses = [torch.tensor([11, 12, 0]), torch.tensor([13, 14, 15, 16]), torch.tensor([17])]
-    q, qm = left_pad(queries, tok.pad_token_id)
-    r, rm = right_pad(responses, tok.pad_token_id)
-    lp_all, v_all = batched_forward(policy, q, qm, r, rm, micro_batch_size=3, with_values=True)
+
+    def score(qs, rs, micro_batches):
+        rollout = Rollout(*left_pad(qs, tok.pad_token_id), *right_pad(rs, tok.pad_token_id))
+        return score_in_micro_batches(policy, rollout, micro_batches, with_values=True)
+
+    lp_all, v_all = score(queries, responses, [torch.arange(3)])
+    lp_split, v_split = score(queries, responses, [torch.tensor([2, 0]), torch.tensor([1])])
+    torch.testing.assert_close(lp_split, lp_all, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v_split, v_all, rtol=1e-5, atol=1e-5)
     for i in range(3):  # one sample alone: no padding at all
-        q1, qm1 = left_pad([queries[i]], tok.pad_token_id)
-        r1, rm1 = right_pad([responses[i]], tok.pad_token_id)
-        lp1, v1 = batched_forward(policy, q1, qm1, r1, rm1, micro_batch_size=1, with_values=True)
+        lp1, v1 = score([queries[i]], [responses[i]], [torch.arange(1)])
         n = len(responses[i])
         torch.testing.assert_close(lp_all[i, :n], lp1[0, :n], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(v_all[i, :n], v1[0, :n], rtol=1e-5, atol=1e-5)
         assert (lp_all[i, n:] == 0).all()
+
+
+def test_token_budget_packs_sorted_lengths_within_the_budget():
+    q = torch.tensor([2, 2, 6, 1, 3, 2])
+    r = torch.tensor([3, 8, 8, 1, 2, 1])
+    bins = plan_micro_batches(q, r, max_samples=0, max_tokens=20)
+    assert sorted(i for b in bins for i in b.tolist()) == list(range(6))  # every sample exactly once
+    for b in bins:  # padded size rows x (longest query + longest response) within the budget
+        assert len(b) * (q[b].max() + r[b].max()) <= 20 or len(b) == 1
+    assert [b.tolist() for b in bins] == [[2], [1, 0], [4, 5, 3]]  # longest first: 14 | 10, 5 | 5, 3, 2
+    fixed = plan_micro_batches(q, r, max_samples=4)
+    assert [b.tolist() for b in fixed] == [[0, 1, 2, 3], [4, 5]]
 
 
 def test_embedded_tokenizer_round_trips_chinese():

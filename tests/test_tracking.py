@@ -105,7 +105,7 @@ def test_resumed_run_continues_the_same_event_log_without_repeating_steps(tmp_pa
 
 
 def test_hparams_are_flat_scalars():
-    flat = flat_hparams(Config())
+    flat = flat_hparams(Config().flat())
     assert flat["ppo.cliprange"] == 0.2 and flat["reward.functions"] == "['chinese_rule']"
     assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
 
@@ -117,6 +117,6 @@ def test_unknown_or_missing_tracker_is_a_config_error():
 
 
 def test_sample_table_escapes_and_truncates():
-    table = sample_table(["a|b"], ["x\ny" * 200], [0.5])
+    table = sample_table({"prompt": ["a|b"], "completion": ["x\ny" * 200], "reward": [0.5]})
     row = table.splitlines()[2]
     assert "a\\|b" in row and "\n" not in row and row.endswith("| 0.500 |") and "…" in row

@@ -1,22 +1,27 @@
-"""One PPO update on a fixed global batch; each process takes its share. Writes stats + params as JSON.
+"""Two updates on a fixed global batch, for several config variants; each process takes its share.
 
-Usage: accelerate launch tests/scripts/invariance_step.py OUT.json [--section.field value ...]
+Usage: accelerate launch tests/scripts/invariance_step.py OUT_DIR VARIANTS_JSON [--section.field value ...]
+VARIANTS_JSON maps a name to extra arguments. For each variant, writes OUT_DIR/<name>.json (the
+statistics of both steps and, per process, the micro-batches run per mini-batch) and OUT_DIR/<name>.pt
+(the trainable parameters before and after). Variants share one process (and one launch) to save start-up time.
 """
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
 
 from ppo_dist import distributed
 from ppo_dist.config import parse_args, validate
-from ppo_dist.models import build_models, load_tokenizer
+from ppo_dist.engine import build_engine
+from ppo_dist.models import load_tokenizer
 from ppo_dist.rollout import Rollout, left_pad, right_pad
-from ppo_dist.trainer import PPOEngine, build_optimizer
 
 
 def fixed_global_batch(tokenizer, B: int):
+    """Queries of 1-6 tokens, responses of 1-8 (odd lengths end with EOS), normal scores; seeded."""
     g = torch.Generator().manual_seed(1234)
     vocab = len(tokenizer)
     queries = [torch.randint(2, vocab, (int(n),), generator=g) for n in torch.randint(1, 7, (B,), generator=g)]
@@ -30,28 +35,39 @@ def fixed_global_batch(tokenizer, B: int):
     return queries, responses, scores
 
 
-def main():
-    out_path, argv = sys.argv[1], sys.argv[2:]
+def run_variant(acc, out: Path, name: str, argv: list[str]) -> None:
     cfg = parse_args(argv)
-    plan = validate(cfg, distributed.world_size_from_env())
-    acc = distributed.build_accelerator(cfg, plan)
+    plan = validate(cfg, acc.num_processes)
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model)
-    policy, ref = build_models(cfg.model, tokenizer)
-    optimizer, scheduler = build_optimizer(cfg, policy, plan)
-    model, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
-    engine = PPOEngine(cfg, acc, model, ref.to(acc.device), optimizer, scheduler, tokenizer, plan)
-
+    engine = build_engine(cfg, acc, tokenizer, plan)
+    trainable = [n for n, p in engine.policy.unwrapped.named_parameters() if p.requires_grad]
+    initial = acc.get_state_dict(engine.model)
+    initial = {n: initial[n].detach().cpu().double().clone() for n in trainable}
     queries, responses, scores = fixed_global_batch(tokenizer, plan.batch_size)
     lo, hi = acc.process_index * plan.local_batch_size, (acc.process_index + 1) * plan.local_batch_size
     q, qm = left_pad(queries[lo:hi], tokenizer.pad_token_id)
     r, rm = right_pad(responses[lo:hi], tokenizer.pad_token_id)
-    stats = [engine.step(Rollout(q, qm, r, rm), scores[lo:hi]) for _ in range(2)]
-    unwrapped = acc.unwrap_model(model)
-    params = {n: p.detach().double().sum().item() for n, p in unwrapped.named_parameters()}
+    rollout = Rollout(q.to(acc.device), qm.to(acc.device), r.to(acc.device), rm.to(acc.device))
+    stats, counts = [], []
+    for _ in range(2):
+        stats.append(engine.step(rollout, scores[lo:hi].to(acc.device)))
+        counts.append(engine.micro_batch_counts)
+    all_counts = distributed.gather_strings(acc, json.dumps(counts))
+    state = acc.get_state_dict(engine.model)
     if acc.is_main_process:
-        with open(out_path, "w") as f:
-            json.dump({"stats": stats, "params": params}, f)
+        record = {"stats": stats, "micro_batches": [json.loads(c) for c in all_counts]}
+        (out / f"{name}.json").write_text(json.dumps(record))
+        final = {n: state[n].detach().cpu().double() for n in trainable}
+        torch.save({"initial": initial, "final": final}, out / f"{name}.pt")
+
+
+def main():
+    out, variants, common = Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3:]
+    cfg = parse_args(common)
+    acc = distributed.build_accelerator(cfg, validate(cfg, distributed.world_size_from_env()))
+    for name, extra in variants.items():
+        run_variant(acc, out, name, [*common, *extra])
     distributed.shutdown(acc)
 
 

@@ -42,8 +42,8 @@ def main() -> None:
     model = trainer.engine.model
     full = sum(p.ds_numel for p in model.parameters())
     held = sum(p.ds_tensor.numel() for p in model.parameters())
-    ref_full = sum(p.ds_numel for p in trainer.engine.ref_model.parameters())
-    ref_held = sum(p.ds_tensor.numel() for p in trainer.engine.ref_model.parameters())
+    ref_full = sum(p.ds_numel for p in trainer.engine.reference.model.parameters())
+    ref_held = sum(p.ds_tensor.numel() for p in trainer.engine.reference.model.parameters())
     counts = {}
     for gather in (True, False):
         cfg.rollout.gather_for_generation = gather
