@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -384,11 +385,16 @@ class PPOEngine:
 
     def step(self, rollout: Rollout, scores: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:
         """One update from this process's rollout and scores; returns global statistics."""
+        t0 = time.perf_counter()
         batch = self.score_rollout(rollout, scores, valid)
+        t1 = time.perf_counter()
         advantages, returns, non_score = self.advantages(batch)
+        t2 = time.perf_counter()
         train_metrics = self.optimize(batch, advantages, returns)
+        t3 = time.perf_counter()
         self.last_batch = batch  # the gathered batch, for histograms
         stats = self._stats(batch, non_score, advantages, returns, train_metrics)
+        stats.update({"time/logprobs": t1 - t0, "time/advantages": t2 - t1, "time/update": t3 - t2})
         kl = stats.get("objective/kl")
         if kl is not None and math.isfinite(kl):  # a bad step must not poison the KL coefficient
             self.kl_ctl.update(kl, self.plan.batch_size)

@@ -33,8 +33,8 @@ Time limits: every user-function, built-in and HTTP call runs in a fresh daemon 
 for at most ``reward.timeout`` seconds; past that, ``RewardError`` is raised and the thread is
 abandoned (Python cannot kill a thread: it keeps running in the background until it returns, and,
 being a daemon, never keeps the process alive). ``reward_model`` runs in the calling thread instead:
-it is a local forward pass (under ZeRO-3, one with collectives that must not be abandoned half way),
-bounded by the compute itself and by the process-group timeout.
+it is a local forward pass (a full copy of the model on every process, also under ZeRO), bounded by
+the compute itself.
 
 Failures (``RewardError``, message names the function; for bad values also the sample index and the
 start of the completion):
@@ -78,7 +78,7 @@ from typing import Any
 
 import torch
 
-from ppo_dist.config import RewardConfig
+from ppo_dist.config import ON_INVALID, RewardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -184,10 +184,8 @@ class RewardModelScorer:
     warning) and ``model.config.pad_token_id`` is set to it, because HF's classification heads pool
     the rightmost non-pad token. Eval mode, no grad.
 
-    ``model`` is a public attribute so that the trainer's distributed layer can replace it with a
-    wrapped one (e.g. a ZeRO-3 engine); that wrapper must still return an object with ``.logits``.
-    Under ZeRO-3 every process must run the same number of forwards: true when local batch sizes are
-    equal (they are, by ``plan_batches``).
+    Every process holds a full copy of the reward model on its device (it is not sharded under
+    ZeRO): size it to fit next to the policy.
     """
 
     def __init__(self, path: str, max_length: int = 512, batch_size: int = 16, device: str | torch.device = "cpu"):
@@ -466,7 +464,7 @@ class Reward:
         on_invalid: str = "error",
         device: str | torch.device = "cpu",
     ):
-        if on_invalid not in ("error", "skip_sample"):
+        if on_invalid not in ON_INVALID:
             raise ValueError(f"on_invalid must be error or skip_sample, got {on_invalid!r}")
         self.sources, self.timeout, self.on_invalid = sources, timeout, on_invalid
         self.device = torch.device(device)
@@ -483,7 +481,7 @@ class Reward:
         return self
 
     def model_scorers(self) -> list[RewardModelScorer]:
-        """The reward-model sources; set ``scorer.model`` to wrap a model (e.g. ZeRO-3)."""
+        """The reward-model sources."""
         return [s.fn for s in self.sources if isinstance(s.fn, RewardModelScorer)]
 
     def modules(self) -> list[torch.nn.Module]:

@@ -191,3 +191,15 @@ def test_no_eos_penalty_hits_only_responses_that_never_ended(trainer):
     responses, response_mask = torch.tensor([[eos], [eos], [4]]), torch.ones(3, 1, dtype=torch.long)
     batch = engine.score_rollout(Rollout(queries, query_mask, responses, response_mask), torch.zeros(3))
     assert batch.scores.tolist() == [0.0, 0.0, -1.0]
+
+
+def test_finished_fraction_counts_responses_that_end_with_eos_even_at_full_width(trainer):
+    from ppo_dist.rollout import Rollout
+
+    eos, pad = trainer.tokenizer.eos_token_id, trainer.tokenizer.pad_token_id
+    queries, query_mask = torch.tensor([[5, 6], [7, 8], [9, 10], [11, 12]]), torch.ones(4, 2, dtype=torch.long)
+    # ended at full width, ended early, ran out of tokens, ended at full width
+    responses = torch.tensor([[5, eos], [eos, pad], [6, 7], [8, eos]])
+    response_mask = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 1]])
+    stats = trainer.engine.step(Rollout(queries, query_mask, responses, response_mask), torch.zeros(4))
+    assert stats["tokens/responses_finished_frac"] == pytest.approx(0.75)  # "shorter than the width" would say 0.25

@@ -44,6 +44,8 @@ VARIANTS = {
         "seq_mean_token_sum_norm",
     ],  # fmt: skip
     "rloo_token_budget": [*GROUPED, "--ppo.advantage_estimator", "rloo", "--ppo.micro_batch_tokens", "12"],
+    "gae_gradient_checkpointing": ["--model.gradient_checkpointing", "true"],
+    "gae_lora": ["--model.lora.r", "4", "--model.lora.alpha", "8"],
     "grpo_on_policy": ON_POLICY,
     "grpo_on_policy_off": [*ON_POLICY, "--ppo.on_policy_shortcut", "false"],
 }
@@ -96,6 +98,10 @@ def test_token_budget_micro_batches_give_the_same_update_as_fixed_size(one):
     counts = one["gae_token_budget"][0]["micro_batches"][0]  # process 0, both steps
     assert max(c for step in counts for c in step) > 1  # the budget did split mini-batches
     _assert_same(one["gae"], one["gae_token_budget"])
+
+
+def test_gradient_checkpointing_gives_the_same_update(one):
+    _assert_same(one["gae"], one["gae_gradient_checkpointing"])
 
 
 def test_on_policy_shortcut_gives_the_same_update_as_a_separate_old_logprob_pass(one):
