@@ -428,6 +428,7 @@ class Trainer:
             logger.info("resumed from step %d", start)
         self.tracker.start(resume_step=start or 0)
         self._install_signal_handlers()
+        logger.info("ready: training from step %d; SIGUSR1/SIGTERM/SIGINT checkpoint and stop", self.engine.global_step)
         progress = _progress(acc, cfg, self.engine.global_step)
         try:
             for step in range(self.engine.global_step, cfg.train.total_steps):
