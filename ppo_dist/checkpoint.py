@@ -238,6 +238,8 @@ class CheckpointManager:
                 choice = ("ok", None if path is None else str(path))
             except CheckpointError as e:
                 choice = ("error", str(e))
+            except OSError as e:  # unreadable files, a read-only directory: the others must not wait for nothing
+                choice = ("error", f"checkpoint.resume={resume!r}: {e}")
         kind, value = broadcast_object(acc, choice)
         if kind == "error":
             raise CheckpointError(value)
