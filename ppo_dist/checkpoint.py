@@ -13,12 +13,13 @@ directory, writes ``COMPLETE`` (fsynced), renames the directory and fsyncs ``che
 or power loss at any point leaves either no ``step_<N>`` or a complete one.
 
 Verification on resume (main process; its choice is broadcast, so every process loads the same
-checkpoint): ``checkpoint.resume auto`` checks the newest complete checkpoint against its manifest;
-a damaged one (a file missing, truncated or overwritten after it was written) is renamed
-``step_<N>.damaged`` (kept for inspection, never resumed from or rotated) and the next older one is
-tried, with one log line saying so. A damaged checkpoint named explicitly (``checkpoint.resume PATH``)
-is a ``CheckpointError`` naming the file. Checkpoints written before manifests existed load
-unverified, with a note in the log.
+checkpoint): ``checkpoint.resume auto`` checks the newest complete checkpoint against its manifest,
+then the next older one while they are damaged (a file missing, truncated or overwritten after it was
+written). Once an intact one is found, the damaged newer ones are renamed ``step_<N>.damaged`` (kept
+for inspection, never resumed from or rotated) and one log line says so; when none is intact, nothing
+is renamed and it is a ``CheckpointError`` (a requeued job must not start afresh). A damaged checkpoint
+named explicitly (``checkpoint.resume PATH``) is a ``CheckpointError`` naming the file. Checkpoints
+written before manifests existed load unverified, with a note in the log.
 """
 
 from __future__ import annotations
@@ -272,21 +273,22 @@ class CheckpointManager:
                     "resume from another checkpoint (checkpoint.resume auto takes the newest intact one)"
                 )
             return path
-        damaged: list[str] = []
+        damaged: list[tuple[Path, str]] = []
         for step, path in reversed(complete_checkpoints(self.root)):
             damage = self._damage(path)
             if damage is None:
-                if damaged:
+                if damaged:  # set aside only once an intact one is found: an error leaves everything in place
+                    what = [f"{p.name} is damaged ({d}), set aside as {_set_aside(p).name}" for p, d in damaged]
                     logger.warning(
                         "checkpoint.resume=auto: %s; resuming from step_%d, the newest intact checkpoint",
-                        "; ".join(damaged),
+                        "; ".join(what),
                         step,
                     )
                 return path
-            aside = _set_aside(path)
-            damaged.append(f"{path.name} is damaged ({damage}), set aside as {aside.name}")
+            damaged.append((path, damage))
         if damaged:
-            raise CheckpointError(f"checkpoint.resume=auto: no intact checkpoint in {self.root}: {'; '.join(damaged)}")
+            what = "; ".join(f"{p.name} is damaged ({d})" for p, d in damaged)
+            raise CheckpointError(f"checkpoint.resume=auto: no intact checkpoint in {self.root}: {what}")
         return None
 
     @staticmethod

@@ -119,6 +119,8 @@ def test_resume_auto_with_every_checkpoint_damaged_is_an_error_not_a_fresh_start
         (manager.root / f"step_{step}" / "random_states_0.pkl").unlink()
     with pytest.raises(CheckpointError, match="no intact checkpoint in .*step_2 is damaged .*step_1 is damaged"):
         manager.maybe_resume("auto")
+    # Left in place: a rerun (or a requeued job) fails the same way instead of starting afresh.
+    assert [s for s, _ in complete_checkpoints(manager.root)] == [1, 2]
 
 
 def test_explicitly_named_damaged_checkpoint_is_an_error_naming_the_file(saved):
