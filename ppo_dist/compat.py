@@ -304,9 +304,18 @@ class PPOTrainer:
         return self.accelerator.device
 
     def prepare_dataloader(self, dataset, data_collator=None) -> _Dataloader:
-        """Tokenize the text column when the dataset has no ``input_ids``; shard batches per process."""
+        """Tokenize the text column when the dataset has no ``input_ids``; shard batches per process.
+
+        Empty queries (no text, or no ``input_ids``) are a ``ConfigError`` naming how many and the first row.
+        """
         if "input_ids" in dataset.column_names:
             ids = [torch.as_tensor(x, dtype=torch.long).reshape(-1) for x in dataset["input_ids"]]
+            empty = [i for i, t in enumerate(ids) if t.numel() == 0]
+            if empty:
+                raise ConfigError(
+                    f"{len(empty)} of {len(ids)} queries have no input_ids (first: row {empty[0]}); "
+                    "every query needs tokens to generate from"
+                )
             dataset = dataset.remove_columns("input_ids")
             if not any(isinstance(dataset[0][c], str) for c in dataset.column_names):
                 dataset = dataset.add_column("query", self.tokenizer.batch_decode(ids))

@@ -118,6 +118,15 @@ def gather_strings(accelerator: Accelerator, text: str) -> list[str]:
     return list(gather_object([text]))
 
 
+def broadcast_object(accelerator: Accelerator, obj: object) -> object:
+    """The main process's ``obj`` on every process (pickled; for rare, small objects)."""
+    if accelerator.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
+
+
 def reduce_max(accelerator: Accelerator, t: torch.Tensor) -> torch.Tensor:
     return t if accelerator.num_processes == 1 else accelerator.reduce(t, reduction="max")
 

@@ -36,7 +36,12 @@ being a daemon, never keeps the process alive). ``reward_model`` runs in the cal
 it is a local forward pass (a full copy of the model on every process, also under ZeRO), bounded by
 the compute itself.
 
-Failures (``RewardError``, message names the function; for bad values also the sample index and the
+Loading failures (a file, module, function or reward model that does not exist, a module that
+raises on import) are ``RewardSpecError``: a ``RewardError`` and a ``ConfigError``, raised by
+``build_reward`` before any call, so that ``train.py`` reports them as ``config error:`` before the
+policy loads.
+
+Call failures (``RewardError``, message names the function; for bad values also the sample index and the
 start of the completion):
 
   * call-level: the function raised, timed out, returned a non-list or the wrong number of values.
@@ -78,7 +83,7 @@ from typing import Any
 
 import torch
 
-from ppo_dist.config import ON_INVALID, RewardConfig
+from ppo_dist.config import ON_INVALID, ConfigError, RewardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +94,12 @@ _RESERVED_NAMES = ("score", "valid")
 
 class RewardError(RuntimeError):
     """A reward function failed or returned something unusable; the message names it."""
+
+
+class RewardSpecError(RewardError, ConfigError):
+    """A ``reward.functions`` entry cannot be loaded (no such file, module, function or reward model,
+    or its module raised on import). A ``ConfigError`` too: ``train.py`` reports it as ``config error:``
+    before any model loads."""
 
 
 class RewardTimeoutError(RewardError):
@@ -192,18 +203,22 @@ class RewardModelScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if not path or not Path(path).is_dir():
-            raise RewardError(f"reward_model: reward.model_path {path!r} is not a directory")
+            raise RewardSpecError(f"reward_model: reward.model_path {path!r} is not a directory")
         self.path, self.max_length, self.batch_size = path, max_length, batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForSequenceClassification.from_pretrained(path)
+        except (OSError, ValueError) as e:  # missing/corrupt files, an unknown architecture
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise RewardSpecError(f"reward_model: cannot load {path!r}: {type(e).__name__}: {first[:300]}") from e
         if model.config.num_labels != 1:
-            raise RewardError(
+            raise RewardSpecError(
                 f"reward_model {path!r} has num_labels={model.config.num_labels}; a reward model needs exactly 1 "
                 "(score = logits[:, 0])"
             )
         if self.tokenizer.pad_token is None:
             if self.tokenizer.eos_token is None:
-                raise RewardError(f"reward_model {path!r}: its tokenizer has neither a pad nor an EOS token")
+                raise RewardSpecError(f"reward_model {path!r}: its tokenizer has neither a pad nor an EOS token")
             logger.warning(
                 "reward_model %s: tokenizer has no pad token; using its EOS token %r for padding",
                 path,
@@ -297,11 +312,11 @@ class HttpReward:
 def _load_attr(spec: str) -> RewardFn:
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
-        raise RewardError(f"reward spec {spec!r}: expected package.module:function or path/to/file.py:function")
+        raise RewardSpecError(f"reward spec {spec!r}: expected package.module:function or path/to/file.py:function")
     if target.endswith(".py"):
         path = Path(target).resolve()
         if not path.is_file():
-            raise RewardError(f"reward spec {spec!r}: file not found: {path}")
+            raise RewardSpecError(f"reward spec {spec!r}: file not found: {path}")
         mod_name = f"_ppo_dist_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         module = sys.modules.get(mod_name)
         if module is None:
@@ -312,17 +327,19 @@ def _load_attr(spec: str) -> RewardFn:
                 mod_spec.loader.exec_module(module)
             except Exception as e:
                 del sys.modules[mod_name]
-                raise RewardError(f"reward spec {spec!r}: executing {path} raised {type(e).__name__}: {e}") from e
+                raise RewardSpecError(f"reward spec {spec!r}: executing {path} raised {type(e).__name__}: {e}") from e
     else:
         try:
             module = importlib.import_module(target)
         except Exception as e:
-            raise RewardError(f"reward spec {spec!r}: cannot import module {target!r}: {type(e).__name__}: {e}") from e
+            raise RewardSpecError(
+                f"reward spec {spec!r}: cannot import module {target!r}: {type(e).__name__}: {e}"
+            ) from e
     if not hasattr(module, attr):
-        raise RewardError(f"reward spec {spec!r}: {target!r} has no attribute {attr!r}")
+        raise RewardSpecError(f"reward spec {spec!r}: {target!r} has no attribute {attr!r}")
     fn = getattr(module, attr)
     if not callable(fn):
-        raise RewardError(f"reward spec {spec!r}: {attr!r} is a {type(fn).__name__}, not callable")
+        raise RewardSpecError(f"reward spec {spec!r}: {attr!r} is a {type(fn).__name__}, not callable")
     return fn
 
 
@@ -333,7 +350,9 @@ def load_reward_fn(spec: str | RewardFn, cfg: RewardConfig | None = None) -> tup
         name = getattr(spec, "__name__", type(spec).__name__)
         return ("lambda" if name == "<lambda>" else name), spec
     if not isinstance(spec, str):
-        raise RewardError(f"reward function spec must be a string or a callable, got {type(spec).__name__} {spec!r}")
+        raise RewardSpecError(
+            f"reward function spec must be a string or a callable, got {type(spec).__name__} {spec!r}"
+        )
     if spec in BUILTIN_REWARDS:
         return spec, BUILTIN_REWARDS[spec](cfg)
     if spec == "reward_model":
@@ -341,11 +360,11 @@ def load_reward_fn(spec: str | RewardFn, cfg: RewardConfig | None = None) -> tup
     if spec == "http" or spec.startswith(("http://", "https://")):
         url = cfg.url if spec == "http" else spec
         if not url:
-            raise RewardError("reward function 'http' needs reward.url")
+            raise RewardSpecError("reward function 'http' needs reward.url")
         return "http", HttpReward(url, cfg.http_timeout, cfg.http_retries, cfg.http_backoff)
     if ":" in spec:
         return spec.rpartition(":")[2], _load_attr(spec)
-    raise RewardError(
+    raise RewardSpecError(
         f"unknown reward function {spec!r}; built-in: {', '.join(BUILTIN_REWARDS)}; "
         "or reward_model, http, an http(s):// URL, package.module:function, path/to/file.py:function"
     )
@@ -560,7 +579,8 @@ def build_reward(
     """A ``Reward`` from ``cfg`` (a ``RewardConfig``), or from a plain list of specs/callables
     (+ ``weights`` and any other ``RewardConfig`` fields as keyword ``overrides``).
 
-    Raises ``ConfigError`` for invalid reward fields, ``RewardError`` for a spec that cannot be loaded.
+    Raises ``ConfigError`` for invalid reward fields, ``RewardSpecError`` (also a ``ConfigError``) for a spec
+    that cannot be loaded.
     """
     if not isinstance(cfg, RewardConfig):
         cfg = RewardConfig(functions=list(cfg), weights=None if weights is None else list(weights), **overrides)

@@ -38,6 +38,13 @@ class Trainer:
         tracking.check_trackers(cfg.log.trackers)
         _check_writable(Path(cfg.train.output_dir))
         self.cfg, self.plan = cfg, plan
+        # Inputs first: a bad reward spec or prompt file is a config error before any process group or model.
+        self.reward = reward or build_reward(cfg.reward)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.dataset = load_prompt_dataset(cfg.data)
+        d = cfg.data
+        prompt_ids = tokenize_prompts(self.dataset[d.prompt_column], self.tokenizer, d.max_prompt_length, d.truncation)
+        self.stream = PromptStream(self.dataset, prompt_ids, d.prompt_column, plan.num_prompts, cfg.train.seed)
         self.accelerator = acc = distributed.build_accelerator(cfg, plan)
         set_seed(cfg.train.seed)
         logger.info(
@@ -47,12 +54,7 @@ class Trainer:
             acc.device,
             zero.zero_stage(acc),
         )
-        self.reward = (reward or build_reward(cfg.reward)).to(acc.device)
-        self.tokenizer = load_tokenizer(cfg.model)
-        self.dataset = load_prompt_dataset(cfg.data)
-        d = cfg.data
-        prompt_ids = tokenize_prompts(self.dataset[d.prompt_column], self.tokenizer, d.max_prompt_length, d.truncation)
-        self.stream = PromptStream(self.dataset, prompt_ids, d.prompt_column, plan.num_prompts, cfg.train.seed)
+        self.reward.to(acc.device)
         self.engine = build_engine(cfg, acc, self.tokenizer, plan)
         self.gen_config = make_generation_config(cfg.rollout, self.tokenizer)
         root = Path(cfg.train.output_dir) / "checkpoints"

@@ -94,6 +94,13 @@ def test_dataloader_tokenizes_text_column_and_yields_steps_batches(trainer):
     assert trainer.tokenizer.decode(batches[0]["input_ids"][0]) == batches[0]["query"][0]
 
 
+def test_dataloader_refuses_empty_queries_naming_the_first(trainer):
+    with pytest.raises(ConfigError, match=r"2 of 3 prompts are empty or whitespace only \(first: prompt 1\)"):
+        trainer.prepare_dataloader(Dataset.from_dict({"query": ["今天天气", " ", ""]}))
+    with pytest.raises(ConfigError, match=r"1 of 2 queries have no input_ids \(first: row 0\)"):
+        trainer.prepare_dataloader(Dataset.from_dict({"query": ["", "我觉得"], "input_ids": [[], [5, 6]]}))
+
+
 def test_generate_cuts_at_eos_and_handles_single_tensor(trainer):
     batch, responses = _batch(trainer)
     eos = trainer.tokenizer.eos_token_id

@@ -1,5 +1,6 @@
 """Bad inputs get clear errors; faults end the job cleanly; numerical trouble is caught."""
 
+import json
 import os
 import resource
 import signal
@@ -286,11 +287,130 @@ def test_generation_with_pad_equal_to_eos_keeps_eos_first_responses_valid(tokeni
     assert ends_with_eos(rollout.responses, rollout.response_mask, tok.eos_token_id).tolist() == [True, True]
 
 
-def test_empty_and_over_long_prompts(tokenizer):
-    ids = tokenize_prompts(["", "今天天气很好" * 20], tokenizer, max_length=8, truncation="left")
-    assert ids[0].tolist() == [tokenizer.bos_token_id] and len(ids[1]) == 8
+def test_empty_prompts_are_refused_and_over_long_prompts_truncated(tokenizer):
+    with pytest.raises(ConfigError, match=r"^2 of 4 prompts are empty or whitespace only \(first: prompt 1\)"):
+        tokenize_prompts(["今天", "", "明天", " \n"], tokenizer, max_length=8, truncation="left")
+    ids = tokenize_prompts(["今天天气很好" * 20, "好"], tokenizer, max_length=8, truncation="left")
+    assert len(ids[0]) == 8 and ids[1].tolist() == tokenizer("好", add_special_tokens=False)["input_ids"]
     with pytest.raises(ConfigError, match="data.max_prompt_length=8"):
         tokenize_prompts(["今天天气很好" * 20], tokenizer, max_length=8, truncation="error")
+
+
+PROMPT_FILES = {
+    # name: (content, message after "<file>: ")
+    "broken.jsonl": (
+        b'{"query": "a"}\n{"query": "b"}\n{"query": "c"\n{"query": "d"}\n',
+        "invalid JSON: Expecting ',' delimiter at column 14 (line 3)",
+    ),
+    "binary.jsonl": (b'{"query": "a"}\n\x89PNG\r\n\x1a\n\x00\xff', "not UTF-8 text: byte 0x89 at column 1 (line 2)"),
+    "not_objects.jsonl": (b'{"query": "a"}\n["b"]\n', "expected one JSON object per line, got a list (line 2)"),
+    "broken.json": (
+        b'[\n {"query": "a"},\n {"query": "b"\n]\n',
+        "invalid JSON: Expecting ',' delimiter at column 1 (line 4)",
+    ),
+    "nothing.jsonl": (b"\n  \n", "the file is empty (no prompts)"),
+    "broken.csv": (b"query,x\na,1\nb,2,3\n", "cannot be read as CSV: ParserError: Error tokenizing data. C error: "),
+    "binary.parquet": (
+        b"\x00\x01garbage" * 10,
+        "cannot be read as PARQUET: ArrowInvalid: Parquet magic bytes not found",
+    ),
+    "empty.jsonl": (
+        b'{"query": "ok"}\n\n{"query": "  "}\n{"other": 1}\n{"query": ""}\n',
+        "3 of 4 prompts in column 'query' are empty or missing (first: line 3); remove them or give them text",
+    ),
+    "empty.csv": (
+        b'query,x\n"two\nlines",1\n\n,2\n',
+        "1 of 2 prompts in column 'query' are empty or missing (first: line 5)",
+    ),
+    "numbers.jsonl": (b'{"query": "a"}\n{"query": 5}\n', "column 'query' holds int 5 (line 2); prompts must be text"),
+}
+
+
+@pytest.mark.parametrize("name", list(PROMPT_FILES))
+def test_prompt_file_problems_name_the_file_and_the_line(tmp_path, name):
+    content, message = PROMPT_FILES[name]
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        load_prompt_dataset(DataConfig(path=str(tmp_path / name)))
+    assert str(e.value).startswith(f"{tmp_path / name}: {message}"), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_empty_inline_prompts_are_refused():
+    with pytest.raises(ConfigError, match=r"^data.prompts: 1 of 2 prompts .* \(first: data.prompts\[1\]\)"):
+        load_prompt_dataset(DataConfig(prompts=["今天", "\t"]))
+
+
+_MAIN_CASES = """
+import contextlib, io, json, logging, sys
+import datasets
+import train
+logging.basicConfig(level=logging.INFO)  # logs and progress bars stay on the real stderr; print()s are captured
+datasets.disable_progress_bars()
+results = {}
+for name, argv in json.loads(sys.argv[1]).items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = train.main(argv)
+    results[name] = [rc, err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def test_bad_prompt_files_and_reward_specs_are_one_line_config_errors_before_any_model_loads(tmp_path):
+    """train.main as train.py runs it, in one process for all cases (imports once): exit status 2 and exactly
+    one line on stderr, before the (broken) policy model is built."""
+    for name in ("broken.jsonl", "binary.jsonl", "binary.parquet"):
+        (tmp_path / name).write_bytes(PROMPT_FILES[name][0])
+    (tmp_path / "blank.jsonl").write_bytes(b'{"query": ""}\n\n{"query": "   "}\n')
+    (tmp_path / "needs_gpu.py").write_text("raise RuntimeError('no GPU here')\n")
+    # The tokenizer loads from this directory but the model does not (not a causal LM): a check that came
+    # after building the models would report that instead.
+    base = ["--train.output_dir", str(tmp_path / "run"), "--model.name_or_path", str(_distilbert_dir(tmp_path))]
+    cases = {
+        "broken.jsonl": f"{tmp_path / 'broken.jsonl'}: invalid JSON: Expecting ',' delimiter at column 14 (line 3)",
+        "binary.jsonl": f"{tmp_path / 'binary.jsonl'}: not UTF-8 text: byte 0x89 at column 1 (line 2)",
+        "binary.parquet": f"{tmp_path / 'binary.parquet'}: cannot be read as PARQUET: ArrowInvalid: Parquet magic",
+        "blank.jsonl": f"{tmp_path / 'blank.jsonl'}: 2 of 2 prompts in column 'query' are empty or missing (first: "
+        "line 1)",
+        "missing file": f"reward spec 'nowhere.py:fn': file not found: {REPO / 'nowhere.py'}",
+        "missing function": f"reward spec '{BAD}:no_such_fn': '{BAD}' has no attribute 'no_such_fn'",
+        "import error": f"reward spec '{tmp_path / 'needs_gpu.py'}:fn': executing {tmp_path / 'needs_gpu.py'} "
+        "raised RuntimeError: no GPU here",
+    }
+    argv = {
+        name: [*base, "--data.path", str(tmp_path / name)] for name in ("broken.jsonl", "binary.jsonl", "blank.jsonl")
+    }
+    argv["binary.parquet"] = [*base, "--data.path", str(tmp_path / "binary.parquet")]
+    for name, spec in [
+        ("missing file", "nowhere.py:fn"),
+        ("missing function", f"{BAD}:no_such_fn"),
+        ("import error", f"{tmp_path / 'needs_gpu.py'}:fn"),
+    ]:
+        argv[name] = [*base, "--reward.functions", f"['{spec}']"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _MAIN_CASES, json.dumps(argv)],
+        cwd=REPO,
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]  # no case raised out of main
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, expected in cases.items():
+        rc, err = results[name]
+        assert rc == 2 and err.startswith(f"config error: {expected}") and err.count("\n") == 1, (name, err)
+
+
+def test_broken_prompt_file_through_train_py_is_one_line_without_traceback(tmp_path):
+    (tmp_path / "broken.jsonl").write_bytes(PROMPT_FILES["broken.jsonl"][0])
+    proc = _train(["--train.output_dir", str(tmp_path / "run"), "--data.path", str(tmp_path / "broken.jsonl")])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "Failed to load JSON" not in proc.stderr  # datasets' own log line of the failure is not repeated
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"config error: {tmp_path / 'broken.jsonl'}: invalid JSON: Expecting ',' delimiter at column 14 (line 3)"
+    )
 
 
 def test_empty_dataset_and_dataset_smaller_than_a_batch(tmp_path, caplog):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from ppo_dist.checkpoint import complete_checkpoints
 from ppo_dist.trainer import PREEMPTED_EXIT_CODE
 
-from .launch import REPO, TINY_ARGS, cpu_env, launch
+from .launch import READY, REPO, TINY_ARGS, Output, cpu_env, launch
 
 ARGS = [*TINY_ARGS, "--train.total_steps", "6", "--checkpoint.every", "3", "--checkpoint.keep", "5"]
 
@@ -24,12 +24,36 @@ def _state(ckpt):
     return model, trainer_state
 
 
-def _resume_and_compare(tmp_path, num_processes, exact):
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _overwrite_middle(path):  # same size: only the checksum tells
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+
+
+def _full_and_resumed_runs(tmp_path, num_processes, damage):
+    """An uninterrupted 6-step run, and one resumed at step 3 past a damaged copy of its step-6 checkpoint."""
     full, part = tmp_path / "full", tmp_path / "part"
     launch([*ARGS, "--train.output_dir", str(full)], num_processes=num_processes)
-    # Continue from the step-3 checkpoint of an identical run in a fresh directory.
-    shutil.copytree(full / "checkpoints" / "step_3", part / "checkpoints" / "step_3")
-    launch([*ARGS, "--train.output_dir", str(part), "--checkpoint.resume", "auto"], num_processes=num_processes)
+    # Continue from the step-3 checkpoint of an identical run in a fresh directory. A newer checkpoint is
+    # there too, damaged after it was written: resume auto must set it aside and take step 3.
+    for step in (3, 6):
+        shutil.copytree(full / "checkpoints" / f"step_{step}", part / "checkpoints" / f"step_{step}")
+    damage(part / "checkpoints" / "step_6")
+    resumed = launch(
+        [*ARGS, "--train.output_dir", str(part), "--checkpoint.resume", "auto"], num_processes=num_processes
+    )
+    return full, part, resumed.stderr
+
+
+def _assert_resumed_like_full(full, part, log, damaged_file, exact):
+    fallback = [line for line in log.splitlines() if "is damaged" in line]
+    assert len(fallback) == 1, log[-3000:]  # one line, from the main process only
+    assert f"step_6 is damaged ({damaged_file}" in fallback[0] and "resuming from step_3" in fallback[0]
+    assert "resumed from step 3" in log and (part / "checkpoints" / "step_6.damaged").is_dir()
     (m_full, s_full), (m_part, s_part) = (
         _state(full / "checkpoints" / "step_6"),
         _state(part / "checkpoints" / "step_6"),
@@ -44,16 +68,41 @@ def _resume_and_compare(tmp_path, num_processes, exact):
     for h_full, h_part in zip(s_full["history"], s_part["history"], strict=True):
         for k in h_full:
             assert h_full[k] == (h_part[k] if exact else pytest.approx(h_part[k], rel=1e-4, abs=1e-6)), k
-    assert s_full["engine"]["kl_ctl"] == s_part["engine"]["kl_ctl"] or not exact
+    kl_full, kl_part = s_full["engine"]["kl_ctl"]["value"], s_part["engine"]["kl_ctl"]["value"]
+    assert kl_full != 0.05  # the adaptive controller moved from ppo.kl_coef: the comparison means something
+    assert kl_full == (kl_part if exact else pytest.approx(kl_part, rel=1e-4))
 
 
-def test_resume_is_bitwise_exact_on_one_process(tmp_path):
-    _resume_and_compare(tmp_path, 1, exact=True)
+@pytest.fixture(scope="module")
+def one_process_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume1")
+    return (*_full_and_resumed_runs(tmp, 1, lambda ckpt: _truncate(ckpt / "model.safetensors")), tmp)
+
+
+def test_resume_is_bitwise_exact_on_one_process_past_a_damaged_newest_checkpoint(one_process_runs):
+    full, part, log, _ = one_process_runs
+    _assert_resumed_like_full(full, part, log, "model.safetensors has", exact=True)
 
 
 @pytest.mark.distributed
-def test_resume_matches_on_two_processes(tmp_path):
-    _resume_and_compare(tmp_path, 2, exact=False)
+def test_resume_matches_on_two_processes_past_a_damaged_newest_checkpoint(tmp_path):
+    full, part, log = _full_and_resumed_runs(tmp_path, 2, lambda ckpt: _overwrite_middle(ckpt / "optimizer.bin"))
+    # Both processes resumed from the step the main process chose.
+    assert log.count("resumed from step 3") == 2
+    _assert_resumed_like_full(full, part, log, "optimizer.bin does not match its checksum", exact=False)
+
+
+def test_explicitly_named_damaged_checkpoint_is_a_one_line_error(one_process_runs):
+    full, _, _, tmp = one_process_runs
+    ckpt = tmp / "explicit" / "step_3"
+    shutil.copytree(full / "checkpoints" / "step_3", ckpt)
+    _truncate(ckpt / "model.safetensors")
+    cmd = [sys.executable, "train.py", *ARGS, "--train.output_dir", str(tmp / "run"), "--checkpoint.resume", str(ckpt)]
+    proc = subprocess.run(cmd, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: checkpoint.resume=") and "is damaged: model.safetensors has" in last, last
+    assert not complete_checkpoints(tmp / "run" / "checkpoints")  # nothing trained, nothing saved
 
 
 def test_checkpoint_rotation_keeps_the_newest(tmp_path):
@@ -75,20 +124,22 @@ def test_checkpoint_rotation_keeps_the_newest(tmp_path):
     assert [s for s, _ in complete_checkpoints(tmp_path / "checkpoints")] == [3, 4]
 
 
-def _start(args, tmp_path):
+def _start(args, tmp_path) -> Output:
     cmd = [sys.executable, str(REPO / "train.py"), *args, "--train.output_dir", str(tmp_path)]
-    return subprocess.Popen(cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return Output(
+        subprocess.Popen(cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    )
 
 
-def _wait_for(pred, proc, timeout=120):
+def _wait_for(pred, out: Output, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if pred():
             return
-        if proc.poll() is not None:
-            raise AssertionError(f"trainer exited {proc.returncode} early:\n{proc.stdout.read()[-4000:]}")
+        if out.proc.poll() is not None:
+            raise AssertionError(f"trainer exited {out.proc.returncode} early:\n{out.finish()[-4000:]}")
         time.sleep(0.05)
-    proc.kill()
+    out.proc.kill()
     raise AssertionError("timed out")
 
 
@@ -107,18 +158,18 @@ def test_kill_during_checkpoint_write_leaves_previous_checkpoint_loadable(tmp_pa
         "--train.save_final_model",
         "false",
     ]
-    proc = _start(args, tmp_path)
+    out = _start(args, tmp_path)
     root = tmp_path / "checkpoints"
-    _wait_for(lambda: bool(complete_checkpoints(root)), proc)
+    _wait_for(lambda: bool(complete_checkpoints(root)), out)
     done = {s for s, _ in complete_checkpoints(root)}
     _wait_for(
         lambda: any(
             p.name.startswith(".tmp_step_") and int(p.name.rsplit("_", 1)[1]) not in done for p in root.iterdir()
         ),
-        proc,
+        out,
     )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    out.proc.send_signal(signal.SIGKILL)
+    out.finish()
     ckpts = complete_checkpoints(root)
     assert ckpts, "no complete checkpoint left"
     step, path = ckpts[-1]
@@ -140,12 +191,11 @@ def test_kill_during_checkpoint_write_leaves_previous_checkpoint_loadable(tmp_pa
 
 def test_sigusr1_checkpoints_and_exits_with_preempted_status_then_resumes(tmp_path):
     args = [*TINY_ARGS, "--train.total_steps", "400", "--train.save_final_model", "false"]
-    proc = _start(args, tmp_path)
-    time.sleep(0)  # the handler is installed once training starts: wait for the first step's output dir
-    _wait_for(lambda: (tmp_path / "ppo_dist").exists() or any(tmp_path.glob("**/events.out.tfevents*")), proc)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGUSR1)
-    assert proc.wait(timeout=120) == PREEMPTED_EXIT_CODE
+    out = _start(args, tmp_path)
+    out.wait_for(READY)  # the checkpoint-and-stop handler is installed
+    out.proc.send_signal(signal.SIGUSR1)
+    out.finish(timeout=120)
+    assert out.proc.returncode == PREEMPTED_EXIT_CODE, out.text[-3000:]
     ((step, path),) = complete_checkpoints(tmp_path / "checkpoints")
     assert 0 < step < 400
     launch(

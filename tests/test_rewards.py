@@ -505,15 +505,28 @@ def test_normalizer_without_normalize_only_penalty_scale_clip():
     assert out.tolist() == approx([0.5, 0.75, 0.25, -0.75, 1.0, 1.0, 0.0, 1.0])
 
 
-def test_normalizer_one_process_equals_two_processes_on_the_same_global_batch():
-    # What the trainer does on 2 processes: each holds a shard; gather concatenates in rank order.
-    rank_shards = [SCORES[:4], SCORES[4:]]
-    gathered = torch.cat(rank_shards)
-    one, two = RewardNormalizer(normalize=True), [RewardNormalizer(normalize=True) for _ in rank_shards]
-    out_one = one(SCORES, torch.ones(8, dtype=torch.bool))
-    outs_two = [n(gathered, torch.ones(8, dtype=torch.bool)) for n in two]  # every rank sees the global batch
-    for n, out in zip(two, outs_two, strict=True):
-        assert torch.equal(out, out_one) and n.state_dict() == one.state_dict()
+@pytest.mark.distributed
+def test_normalizer_one_process_equals_two_processes_through_the_real_gather(tmp_path):
+    """Each of 2 processes holds half of each batch and normalises through gather_1d, as the trainer does;
+    the result equals one process normalising the whole batch, and differs from per-shard statistics."""
+    from tests.launch import launch
+    from tests.scripts.normalize_shards import BATCHES, SETTINGS
+
+    launch([str(tmp_path)], num_processes=2, script="tests/scripts/normalize_shards.py")
+    one = RewardNormalizer(**SETTINGS)
+    expected = [one(torch.tensor(s), torch.tensor(f)).tolist() for s, f in BATCHES]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank_{rank}.json").read_text())
+        assert got["world_size"] == 2
+        assert got["outputs"] == expected and got["state"] == one.state_dict(), rank
+    # Normalising each half with its own statistics gives other numbers: the comparison above has teeth.
+    per_shard = [RewardNormalizer(**SETTINGS) for _ in range(2)]
+    for (scores, finished), step_expected in zip(BATCHES, expected, strict=True):
+        halves = [
+            n(torch.tensor(scores[4 * r : 4 * r + 4]), torch.tensor(finished[4 * r : 4 * r + 4]))
+            for r, n in enumerate(per_shard)
+        ]
+        assert torch.cat(halves).tolist() != approx(step_expected)
 
 
 def test_normalizer_sequential_updates_merge_like_one_update():

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.launch import REPO, TINY_ARGS, _free_port
+from tests.launch import READY, REPO, TINY_ARGS, Output, _free_port, wait_for_text
 from tests.slurm_cluster import local_slurm_cluster, missing_binaries
 
 pytestmark = pytest.mark.slurm
@@ -65,11 +65,7 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster, tmp_path):
     log, run = tmp_path / "job.log", tmp_path / "run"
     total = 40
     job = _submit(cluster, run, ["--train.total_steps", str(total), "--log.log_every", "1"], log)
-    deadline = time.monotonic() + 120
-    while not list(run.glob("*/events.out.tfevents.*")):  # training has started on both nodes
-        assert time.monotonic() < deadline, log.read_text()[-4000:] if log.exists() else "no log"
-        time.sleep(0.5)
-    time.sleep(1)
+    wait_for_text(log, READY, count=2)  # both nodes' trainers have their checkpoint-and-stop handlers
     # What SLURM does before the time limit with --signal=B:USR1@N.
     cluster.run("scancel", "--batch", f"--signal={signal.SIGUSR1.name[3:]}", str(job))
     cluster.wait_for(job, lambda i: i.get("Restarts") == "1" and i.get("JobState") == "PENDING", 120, "requeued")
@@ -149,13 +145,10 @@ def test_launch_script_without_slurm_stops_with_75_and_resumes(tmp_path):
         str(run),
     ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not list(run.glob("*/events.out.tfevents.*")):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.3)
-    time.sleep(1)
+    output = Output(proc)
+    output.wait_for(READY, count=2)  # both trainers have their checkpoint-and-stop handlers
     proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0]
+    out = output.finish(timeout=120)
     assert proc.returncode == 75, out[-4000:]
     saved = sorted(run.glob("checkpoints/step_*/COMPLETE"))
     assert saved, out[-4000:]
@@ -186,13 +179,10 @@ def test_launch_script_relaunches_after_usr1_when_asked(tmp_path):
         str(run),
     ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not list(run.glob("*/events.out.tfevents.*")):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.3)
-    time.sleep(1)
+    output = Output(proc)
+    output.wait_for(READY, count=2)
     proc.send_signal(signal.SIGUSR1)
-    out = proc.communicate(timeout=240)[0]
+    out = output.finish(timeout=240)
     assert proc.returncode == 0, out[-4000:]
     # Each of the 2 processes logs the stop once, at the same step.
     stopped = {
