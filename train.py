@@ -42,5 +42,22 @@ def main(argv=None) -> int:
     return 0
 
 
+def _exit(code: int) -> None:
+    """Exit with ``code``. After a DeepSpeed run the interpreter's teardown is skipped (everything is
+    saved, flushed and the process group destroyed by then): DeepSpeed's CPU communication threads
+    occasionally abort it ("terminate called without an active exception"), which would turn a
+    finished run into a failed one."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    except SystemExit as stop:  # a preemption (75) raised from inside the trainer
+        status = stop.code if isinstance(stop.code, int) else 1
+    _exit(status)

@@ -297,6 +297,11 @@ class TrainConfig:
         "training on CPU with glibc: keep freed memory in the process for reuse (mallopt) instead of returning it to "
         "the kernel after every large tensor; faster, holds more resident memory",
     )
+    compile: bool = doc_field(
+        False,
+        "torch.compile the policy's forward (inductor, dynamic shapes) for the logprob passes and the update; "
+        "generation stays eager. Pays off on GPUs with long runs; compiling takes minutes",
+    )
     max_bad_steps: int = doc_field(
         3, "stop (NumericsError) after this many consecutive PPO steps with skipped updates or non-finite statistics"
     )

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import InitProcessGroupKwargs, TorchDynamoPlugin
 
 from . import zero
 from .config import PRECISIONS, BatchPlan, Config
@@ -55,8 +55,10 @@ def build_accelerator(cfg: Config, plan: BatchPlan) -> Accelerator:
     pg_kwargs = InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=cfg.train.collective_timeout))
     trackers = list(cfg.log.trackers) or None
     plugin = zero.deepspeed_plugin(cfg, plan) if zero.deepspeed_requested() else None
+    dynamo = TorchDynamoPlugin(backend="inductor", dynamic=True) if cfg.train.compile else None
     accelerator = Accelerator(
         deepspeed_plugin=plugin,
+        dynamo_plugin=dynamo,
         mixed_precision=PRECISIONS[cfg.model.dtype],
         gradient_accumulation_steps=plan.gradient_accumulation_steps,
         step_scheduler_with_optimizer=False,  # stepped by hand, once per optimiser step, on every world size
@@ -136,7 +138,16 @@ def reduce_sum(accelerator: Accelerator, t: torch.Tensor) -> torch.Tensor:
 
 
 def unwrap(accelerator: Accelerator, model):
-    return accelerator.unwrap_model(model)
+    """The module under the DDP / DeepSpeed / torch.compile wrappers."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+def full_state_dict(accelerator: Accelerator, model) -> dict | None:
+    """The model's whole state dict (consolidated from shards under ZeRO-3: on the main process only,
+    None elsewhere), with the names of the unwrapped module (torch.compile's ``_orig_mod.`` removed).
+    Every process must call it (ZeRO-3 gathers)."""
+    state = accelerator.get_state_dict(model)
+    return None if state is None else {k.removeprefix("_orig_mod."): v for k, v in state.items()}
 
 
 def shutdown(accelerator: Accelerator) -> None:

@@ -58,7 +58,7 @@ class Policy:
 
     def __init__(self, model, accelerator):
         self.model = model
-        self.unwrapped: CausalLMWithValueHead = accelerator.unwrap_model(model)
+        self.unwrapped: CausalLMWithValueHead = distributed.unwrap(accelerator, model)
 
     @property
     def has_critic(self) -> bool:
@@ -456,7 +456,7 @@ class PPOEngine:
         beside it when there is a critic, and the tokenizer; written by the main process."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        state = acc.get_state_dict(self.policy.model)
+        state = distributed.full_state_dict(acc, self.policy.model)
         if acc.is_main_process:
             self.policy.unwrapped.save_pretrained(path, state_dict=state)
             if tokenizer is not None:

@@ -108,9 +108,10 @@ class Rollout:
 
 @torch.no_grad()
 def generate(
-    model, query_ids: list[torch.Tensor], tokenizer, gen_config: GenerationConfig, chunk_size: int = 0
+    model, query_ids: list[torch.Tensor], tokenizer, gen_config: GenerationConfig, chunk_size: int = 0, **kwargs
 ) -> Rollout:
-    """Batched sampling with KV cache on left-padded prompts; ``chunk_size`` prompts per call (0 = all)."""
+    """Batched sampling with KV cache on left-padded prompts; ``chunk_size`` prompts per call (0 = all).
+    ``kwargs`` go to ``model.generate`` (e.g. ``logits_processor``)."""
     device = next(model.parameters()).device
     chunk_size = chunk_size or len(query_ids)
     pad = tokenizer.pad_token_id
@@ -118,7 +119,7 @@ def generate(
     pieces = []
     for start in range(0, len(query_ids), chunk_size):
         q, m = queries[start : start + chunk_size], query_mask[start : start + chunk_size]
-        out = model.generate(input_ids=q, attention_mask=m, generation_config=gen_config)
+        out = model.generate(input_ids=q, attention_mask=m, generation_config=gen_config, **kwargs)
         pieces.append(out[:, q.shape[1] :])
     width = max(p.shape[1] for p in pieces)
     raw = torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])

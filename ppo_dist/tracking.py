@@ -48,16 +48,28 @@ def flat_hparams(values: dict) -> dict[str, int | float | str | bool]:
 
 
 def peak_memory_gb(device: torch.device) -> float:
-    """Peak accelerator memory allocated since the last reset on GPU; peak resident set size on CPU."""
+    """Peak accelerator memory allocated since the last reset on GPU; on CPU the peak resident set
+    size since the last reset (Linux: VmHWM, which :func:`reset_peak_memory` resets), else since start."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 2**20 if sys.platform != "darwin" else kb / 2**30  # macOS reports bytes
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
+    except (OSError, StopIteration):
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kb / 2**20 if sys.platform != "darwin" else kb / 2**30  # macOS reports bytes
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window (each PPO step reports its own peak)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the high-water mark of the resident set to its current size
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere the CPU peak covers the whole run
 
 
 class RunTracker:

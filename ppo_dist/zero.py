@@ -117,7 +117,7 @@ def gathered_for_generation(accelerator, model, enabled: bool = True):
     rollout, and released afterwards; otherwise ZeRO-3 gathers each layer at every forward, i.e.
     once per generated token. Other stages hold full parameters: nothing to do.
     """
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if zero_stage(accelerator) != 3 or not enabled:
         yield unwrapped
         return
