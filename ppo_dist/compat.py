@@ -21,7 +21,6 @@ when ``steps`` is given, cycling and reshuffling the data (legacy stopped after 
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 import math
 import time
@@ -30,170 +29,27 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel
 
 from . import distributed, zero
-from .config import Config, ConfigError, validate
+from .config import validate
 from .data import PromptStream, tokenize_prompts
+from .legacy_config import PPOConfig
+from .legacy_models import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead, create_reference_model
 from .models import CausalLMWithValueHead, disable_dropout, freeze, prepare_tokenizer
 from .rollout import Rollout, left_pad, make_generation_config, right_pad, truncate_at_eos
+from .seq2seq import Seq2SeqLMWithValueHead
 from .trainer import PPOEngine, build_optimizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PPOConfig", "PPOTrainer", "AutoModelForCausalLMWithValueHead"]
-
-
-class AutoModelForCausalLMWithValueHead(CausalLMWithValueHead):
-    """Legacy name of :class:`~ppo_dist.models.CausalLMWithValueHead`.
-
-    ``from_pretrained`` takes a local directory, a hub name or an already loaded causal LM;
-    ``forward`` returns ``(logits, loss, values)``; ``generate``, ``config`` (``pad_token_id``
-    assignable), ``num_parameters()`` and ``save_pretrained`` behave as on a Hugging Face model.
-    """
-
-
-# Legacy fields that ppo_dist implements, with trl 0.11's defaults.
-_LEGACY_DEFAULTS: dict[str, Any] = {
-    "exp_name": "ppo_dist",
-    "seed": 0,
-    "log_with": None,
-    "task_name": None,
-    "model_name": "gpt2",
-    "query_dataset": None,
-    "reward_model": None,
-    "remove_unused_columns": True,
-    "tracker_kwargs": {},
-    "accelerator_kwargs": {},
-    "project_kwargs": {},
-    "tracker_project_name": "trl",
-    "push_to_hub_if_best_kwargs": {},
-    "steps": 20000,
-    "learning_rate": 1.41e-5,
-    "adap_kl_ctrl": True,
-    "init_kl_coef": 0.2,
-    "kl_penalty": "kl",
-    "target": 6.0,
-    "horizon": 10000.0,
-    "gamma": 1.0,
-    "lam": 0.95,
-    "cliprange": 0.2,
-    "cliprange_value": 0.2,
-    "vf_coef": 0.1,
-    "batch_size": 128,
-    "forward_batch_size": None,
-    "mini_batch_size": 128,
-    "gradient_accumulation_steps": 1,
-    "world_size": None,
-    "ppo_epochs": 4,
-    "max_grad_norm": None,
-    "optimize_cuda_cache": None,
-    "optimize_device_cache": False,
-    "use_score_scaling": False,
-    "use_score_norm": False,
-    "score_clip": None,
-    "whiten_rewards": False,
-    "gradient_checkpointing": False,
-    # ppo_dist additions, under the legacy naming style
-    "max_new_tokens": 32,
-    "output_dir": "runs/ppo_trainer",
-}
-# Legacy fields ppo_dist accepts only at their legacy value: anything else would be silently ignored.
-_UNSUPPORTED: dict[str, Any] = {
-    "early_stopping": False,
-    "target_kl": 1,
-    "compare_steps": 1,
-    "ratio_threshold": 10.0,
-    "is_encoder_decoder": None,
-    "is_peft_model": None,
-    "backward_batch_size": None,
-    "global_backward_batch_size": None,
-    "global_batch_size": None,
-}
-_KL_PENALTY = {"kl": "k1", "k1": "k1", "k3": "k3"}
-_PRECISION = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
-
-
-class PPOConfig:
-    """Legacy ``trl.PPOConfig`` field names, mapped onto ppo_dist's :class:`Config` by :meth:`to_config`.
-
-    Unknown names fail with close-match suggestions. Legacy fields whose behaviour ppo_dist does not
-    implement (``early_stopping``, ``ratio_threshold``, ...) are accepted only at their legacy
-    default, so no setting is ever silently ignored.
-    """
-
-    def __init__(self, **kwargs: Any):
-        known = {**_LEGACY_DEFAULTS, **_UNSUPPORTED}
-        for name, value in kwargs.items():
-            if name not in known:
-                close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
-                hint = f" Did you mean: {', '.join(close)}?" if close else ""
-                raise ConfigError(f"PPOConfig has no field {name!r}.{hint}")
-            if name in _UNSUPPORTED and value != _UNSUPPORTED[name]:
-                raise ConfigError(
-                    f"PPOConfig.{name}={value!r} is not supported by ppo_dist (only {_UNSUPPORTED[name]!r})"
-                )
-        if kwargs.get("kl_penalty", "kl") not in _KL_PENALTY:
-            raise ConfigError(
-                f"PPOConfig.kl_penalty={kwargs['kl_penalty']!r} is not supported; use one of {sorted(_KL_PENALTY)}"
-            )
-        for name, default in known.items():
-            setattr(self, name, copy.deepcopy(kwargs.get(name, default)))
-        self.steps_given = "steps" in kwargs
-
-    def __repr__(self) -> str:
-        return f"PPOConfig({', '.join(f'{k}={getattr(self, k)!r}' for k in _LEGACY_DEFAULTS)})"
-
-    def to_config(self, world_size: int = 1) -> Config:
-        """The ppo_dist config for ``world_size`` processes (legacy sizes are per process)."""
-        cfg = Config()
-        W = world_size
-        cfg.rollout.batch_size = self.batch_size * W
-        cfg.rollout.max_new_tokens = self.max_new_tokens
-        cfg.rollout.forward_batch_size = self.forward_batch_size or self.batch_size
-        precision = self.accelerator_kwargs.get("mixed_precision", "no")
-        if precision not in _PRECISION:
-            raise ConfigError(
-                f"PPOConfig.accelerator_kwargs['mixed_precision']={precision!r}: use one of {sorted(_PRECISION)}"
-            )
-        cfg.model.dtype = _PRECISION[precision]
-        p = cfg.ppo
-        p.ppo_epochs, p.cliprange, p.cliprange_value, p.vf_coef = (
-            self.ppo_epochs,
-            self.cliprange,
-            self.cliprange_value,
-            self.vf_coef,
-        )
-        p.gamma, p.lam, p.whiten_rewards = self.gamma, self.lam, self.whiten_rewards
-        p.gradient_accumulation_steps = self.gradient_accumulation_steps
-        # Legacy: an optimiser step every mini_batch_size * gradient_accumulation_steps samples per process.
-        p.mini_batch_size = self.mini_batch_size * self.gradient_accumulation_steps * W
-        p.kl_coef, p.adaptive_kl, p.kl_target, p.kl_horizon = (
-            self.init_kl_coef,
-            self.adap_kl_ctrl,
-            self.target,
-            self.horizon,
-        )
-        p.kl_estimator = _KL_PENALTY[self.kl_penalty]
-        cfg.optim.lr, cfg.optim.max_grad_norm = self.learning_rate, self.max_grad_norm
-        cfg.reward.normalize = bool(self.use_score_norm)
-        cfg.reward.clip = self.score_clip
-        cfg.train.seed, cfg.train.total_steps = self.seed, self.steps
-        cfg.train.output_dir = self.project_kwargs.get("logging_dir", self.output_dir)
-        trackers = (
-            self.log_with if isinstance(self.log_with, (list, tuple)) else [self.log_with] if self.log_with else []
-        )
-        cfg.log.trackers, cfg.log.project_name = [str(t) for t in trackers], self.tracker_project_name
-        if self.use_score_scaling and not self.use_score_norm:
-            raise ConfigError(
-                "PPOConfig.use_score_scaling without use_score_norm is not supported; set use_score_norm=True"
-            )
-        if self.batch_size % self.mini_batch_size:
-            raise ConfigError(
-                f"PPOConfig.batch_size={self.batch_size} must be divisible by mini_batch_size={self.mini_batch_size}"
-            )
-        return cfg
+__all__ = [
+    "PPOConfig",
+    "PPOTrainer",
+    "AutoModelForCausalLMWithValueHead",
+    "AutoModelForSeq2SeqLMWithValueHead",
+    "create_reference_model",
+]
 
 
 class _Dataloader:
@@ -253,10 +109,12 @@ class PPOTrainer:
             raise TypeError(f"config must be a ppo_dist.PPOConfig, got {type(config).__name__}")
         if tokenizer is None:
             raise ValueError("PPOTrainer needs a tokenizer")
-        if num_shared_layers is not None:
+        if num_shared_layers is not None and ref_model is not None:
             raise ValueError(
-                "num_shared_layers is not supported: the reference model is a frozen copy of the initial policy"
+                "num_shared_layers applies only without ref_model (the reference is then copied from model)"
             )
+        if lr_scheduler is not None and optimizer is None:
+            raise ValueError("lr_scheduler was given without the optimizer it schedules: pass optimizer= too")
         self.config = config
         world = distributed.world_size_from_env()
         self.cfg = cfg = config.to_config(world)
@@ -266,25 +124,35 @@ class PPOTrainer:
         self.tokenizer = prepare_tokenizer(tokenizer)
 
         model = _as_value_head_model(model if model is not None else config.model_name)
+        config.fill_runtime_fields(
+            world, getattr(model, "is_encoder_decoder", False), getattr(model, "is_peft_model", False)
+        )
         if config.gradient_checkpointing:
             model.pretrained_model.gradient_checkpointing_enable()
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
+        if ref_model is None and num_shared_layers is not None:
+            ref_model = create_reference_model(model, num_shared_layers)  # also freezes model's first layers
         if ref_model is None:
             ref = copy.deepcopy(model.pretrained_model)
         else:
-            ref = ref_model.pretrained_model if isinstance(ref_model, CausalLMWithValueHead) else ref_model
+            value_head_models = (CausalLMWithValueHead, Seq2SeqLMWithValueHead)
+            ref = ref_model.pretrained_model if isinstance(ref_model, value_head_models) else ref_model
         disable_dropout(model)
         freeze(ref)
+        # A user's optimizer / scheduler keeps legacy semantics: the scheduler steps once per step() call
+        # (the engine's own scheduler steps per optimiser step).
+        self._user_schedule = optimizer is not None
         if optimizer is None:
-            optimizer, default_scheduler = build_optimizer(cfg, model, plan)
-            lr_scheduler = lr_scheduler or default_scheduler
-        elif lr_scheduler is None:
-            lr_scheduler = LambdaLR(optimizer, lambda _: 1.0)
-        self.model, self.optimizer, self.lr_scheduler = acc.prepare(model, optimizer, lr_scheduler)
+            optimizer, lr_scheduler = build_optimizer(cfg, model, plan)
+        if lr_scheduler is not None:
+            self.model, self.optimizer, self.lr_scheduler = acc.prepare(model, optimizer, lr_scheduler)
+        else:
+            (self.model, self.optimizer), self.lr_scheduler = acc.prepare(model, optimizer), None
         self.ref_model = zero.prepare_reference(acc, ref)
+        engine_scheduler = _CurrentLR(self.optimizer) if self._user_schedule else self.lr_scheduler
         self.engine = PPOEngine(
-            cfg, acc, self.model, self.ref_model, self.optimizer, self.lr_scheduler, self.tokenizer, plan
+            cfg, acc, self.model, self.ref_model, self.optimizer, engine_scheduler, self.tokenizer, plan
         )
         self.gen_config = make_generation_config(cfg.rollout, self.tokenizer)
 
@@ -409,6 +277,8 @@ class PPOTrainer:
         r, rm = right_pad([t.long().cpu() for t in responses], pad)
         rollout = Rollout(q.to(device), qm.to(device), r.to(device), rm.to(device))
         stats: dict[str, Any] = self.engine.step(rollout, score_t.to(device))
+        if self._user_schedule and self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         stats["time/ppo/total"] = time.perf_counter() - t0
         return stats
 
@@ -441,13 +311,18 @@ class PPOTrainer:
             return
         scalars = {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
         acc.log(scalars, step=self.engine.global_step)
-        if acc.is_main_process and "tensorboard" in self.cfg.log.trackers and all(c in batch for c in columns_to_log):
+        if "tensorboard" not in self.cfg.log.trackers:
+            return
+        missing = [c for c in columns_to_log if c not in batch]
+        if missing:  # checked on every process: they all raise, none waits in a collective
+            raise ValueError(f"log_stats: columns_to_log {missing} are not in the batch (keys: {sorted(batch)})")
+        if acc.is_main_process:
             writer = acc.get_tracker("tensorboard", unwrap=True)
             rows = zip(*(batch[c] for c in columns_to_log), [float(_scalar(x)) for x in rewards], strict=True)
             header = " | ".join([*columns_to_log, "reward"])
             table = "\n".join(
                 [header, " | ".join(["---"] * (len(columns_to_log) + 1))]
-                + [" | ".join(str(v).replace("|", "/").replace("\n", " ") for v in row) for row in rows]
+                + [" | ".join(_cell(v) for v in row) for row in rows]
             )
             writer.add_text("game_log", table, self.engine.global_step)
 
@@ -466,13 +341,16 @@ class PPOTrainer:
         distributed.shutdown(self.accelerator)
 
 
-def _as_value_head_model(model) -> CausalLMWithValueHead:
-    if isinstance(model, CausalLMWithValueHead):
+def _as_value_head_model(model) -> CausalLMWithValueHead | Seq2SeqLMWithValueHead:
+    if isinstance(model, (CausalLMWithValueHead, Seq2SeqLMWithValueHead)):
         return model
+    if isinstance(model, PreTrainedModel) and getattr(model.config, "is_encoder_decoder", False):
+        return AutoModelForSeq2SeqLMWithValueHead.from_pretrained(model)
     if isinstance(model, (str, PreTrainedModel)):
         return AutoModelForCausalLMWithValueHead.from_pretrained(model)
     raise TypeError(
-        f"model must be an AutoModelForCausalLMWithValueHead, a causal LM or a path, got {type(model).__name__}"
+        "model must be an AutoModelForCausalLMWithValueHead, an AutoModelForSeq2SeqLMWithValueHead, a Hugging Face "
+        f"LM or a path, got {type(model).__name__}"
     )
 
 
@@ -484,6 +362,13 @@ def _check_id_list(name: str, seqs: Sequence) -> None:
             raise ValueError(
                 f"{name}[{i}] must be a 1-D integer tensor of token ids, got shape {tuple(t.shape)} dtype {t.dtype}"
             )
+
+
+def _cell(value) -> str:
+    """One game_log table cell: scalar tensors as numbers, text on one line without column separators."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = round(float(value), 4)
+    return str(value).replace("|", "/").replace("\n", " ")
 
 
 def _scalar(x) -> float:
@@ -512,6 +397,19 @@ def _scores_tensor(scores: Sequence) -> torch.Tensor:
 def _flat_hparams(config: PPOConfig) -> dict:
     return {
         k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-        for k in _LEGACY_DEFAULTS
-        if (v := getattr(config, k)) is not None
+        for k, v in config.to_dict().items()
+        if v is not None
     }
+
+
+class _CurrentLR:
+    """The engine's view of a user's schedule: the optimiser's current lr; stepping is left to PPOTrainer.step."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def step(self) -> None:
+        pass
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
