@@ -1,11 +1,14 @@
 """The legacy ``trl`` PPO API (trl <= 0.11) on top of ppo_dist's engine.
 
-Code written for ``trl.PPOTrainer`` runs with only its import changed::
+Code written for ``trl.PPOTrainer`` runs with only its imports changed::
 
-    from ppo_dist import PPOConfig, PPOTrainer, AutoModelForCausalLMWithValueHead
+    from ppo_dist import PPOConfig, PPOTrainer, AutoModelForCausalLMWithValueHead, set_seed
+    from ppo_dist.core import LengthSampler
 
-``PPOConfig`` takes the legacy field names and maps them onto ppo_dist's :class:`~ppo_dist.config.Config`;
-``PPOTrainer.step`` runs one update of the same :class:`~ppo_dist.trainer.PPOEngine` that
+The legacy surface lives beside this module: ``PPOConfig`` in :mod:`ppo_dist.legacy_config` (mapped
+onto ppo_dist's :class:`~ppo_dist.config.Config`), the value-head model classes and
+``create_reference_model`` in :mod:`ppo_dist.legacy_models`, ``trl.core``'s helpers in
+:mod:`ppo_dist.core`. ``PPOTrainer.step`` runs one update of the same :class:`~ppo_dist.trainer.PPOEngine` that
 ``train.py`` uses, so the maths, the multi-process synchronisation and the statistics are the same.
 
 Legacy batch semantics are kept: ``batch_size`` and ``mini_batch_size`` count samples **per

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from .models import VALUE_HEAD_FILE, CausalLMWithValueHead, freeze, load_causal_lm
+from .models import VALUE_HEAD_FILE, CausalLMWithValueHead, ModelLoadError, freeze, load_causal_lm
 from .seq2seq import Seq2SeqLMWithValueHead, load_seq2seq_lm
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,9 @@ class _LegacyLoading:
             lm = _load_adapter(cls._load_lm, path, is_trainable, kwargs)
         else:
             if isinstance(source, torch.nn.Module):
-                if kwargs:
-                    raise ValueError(f"loading options {sorted(kwargs)} need a path, not an already loaded model")
+                options = sorted(k for k, v in kwargs.items() if v not in (None, False))
+                if options:
+                    raise ValueError(f"loading options {options} need a path, not an already loaded model")
                 lm = source
             else:
                 lm = cls._load_lm(str(source), **kwargs)
@@ -104,6 +105,10 @@ class _LegacyLoading:
                 if quantised:
                     lm = prepare_model_for_kbit_training(lm, **kbit_args)
                 lm = get_peft_model(lm, peft_config)
+        if getattr(lm.config, "is_encoder_decoder", False) and not getattr(cls, "is_encoder_decoder", False):
+            raise ModelLoadError(
+                f"{type(lm).__name__} is an encoder-decoder model: load it with AutoModelForSeq2SeqLMWithValueHead"
+            )
         model = cls(lm)
         model.is_peft_model = _is_peft(lm)
         _init_value_head(model.v_head, **head_args)

@@ -16,7 +16,8 @@ class Seq2SeqLMWithValueHead(nn.Module):
     """A Hugging Face seq2seq LM plus a value head: one value per decoder position.
 
     ``forward(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask)`` returns
-    ``(logits, loss, values)`` over the decoder positions, like the legacy trl model; ``generate``
+    ``(logits, loss, values)`` over the decoder positions, like the legacy trl model (``logits_to_keep=k``:
+    the last ``k`` decoder positions only, as in :class:`~ppo_dist.models.CausalLMWithValueHead`); ``generate``
     returns decoder token ids (starting with the decoder start token), as the wrapped model does.
     """
 
@@ -49,6 +50,7 @@ class Seq2SeqLMWithValueHead(nn.Module):
         decoder_input_ids=None,
         decoder_attention_mask=None,
         labels=None,
+        logits_to_keep: int = 0,
         **kwargs,
     ):
         out = self.pretrained_model(
@@ -62,9 +64,11 @@ class Seq2SeqLMWithValueHead(nn.Module):
             return_dict=True,
             **kwargs,
         )
-        hidden = out.decoder_hidden_states[-1]
+        hidden, logits = out.decoder_hidden_states[-1], out.logits
+        if logits_to_keep:
+            hidden, logits = hidden[:, -logits_to_keep:], logits[:, -logits_to_keep:]
         values = self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1)
-        return out.logits, out.loss, values
+        return logits, out.loss, values
 
     def generate(self, *args, **kwargs):
         return self.pretrained_model.generate(*args, **kwargs)

@@ -24,7 +24,7 @@ from ppo_dist import (
 )
 from ppo_dist.config import ConfigError, ModelConfig
 from ppo_dist.core import LengthSampler, respond_to_batch
-from ppo_dist.models import build_tiny_gpt2, load_tokenizer
+from ppo_dist.models import ModelLoadError, build_tiny_gpt2, load_tokenizer
 
 from . import legacy_assets
 from .launch import launch
@@ -359,6 +359,35 @@ def test_legacy_loop_patterns_in_process(assets, tmp_path):
 
 
 # ---------------------------------------------------------------- seq2seq
+
+
+def test_seq2seq_value_head_model(assets, tmp_path):
+    set_seed(0)
+    model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(assets["t5"], v_head_init_strategy="normal")
+    assert model.is_encoder_decoder and not model.is_peft_model
+    queries, mask = torch.tensor([[5, 6, 7, 8], [1, 1, 9, 10]]), torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    decoded = model.generate(input_ids=queries, attention_mask=mask, do_sample=False, max_new_tokens=5)
+    assert (decoded[:, 0] == model.config.decoder_start_token_id).all()  # decoder ids, not the prompt
+    logits, loss, values = model(input_ids=queries, attention_mask=mask, decoder_input_ids=decoded)
+    assert logits.shape == (*decoded.shape, model.config.vocab_size) and values.shape == decoded.shape
+    hidden = model.pretrained_model(input_ids=queries, attention_mask=mask, decoder_input_ids=decoded,
+                                    output_hidden_states=True).decoder_hidden_states[-1]  # fmt: skip
+    assert torch.allclose(values, model.v_head(hidden).squeeze(-1)) and loss is None
+    _, _, last = model(input_ids=queries, attention_mask=mask, decoder_input_ids=decoded, logits_to_keep=2)
+    assert torch.allclose(last, values[:, -2:])
+    model.save_pretrained(tmp_path / "saved")
+    again = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(tmp_path / "saved")
+    assert torch.allclose(again(input_ids=queries, attention_mask=mask, decoder_input_ids=decoded)[2], values)
+    with pytest.raises(ModelLoadError, match="load it with AutoModelForSeq2SeqLMWithValueHead"):
+        AutoModelForCausalLMWithValueHead.from_pretrained(model.pretrained_model)
+
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"], task_type="SEQ_2_SEQ_LM")
+    peft_model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(assets["t5"], peft_config=lora)
+    assert peft_model.is_peft_model
+    assert all("lora_" in n or n.startswith("v_head.") for n, p in peft_model.named_parameters() if p.requires_grad)
+
 
 SEQ2SEQ_XFAIL = pytest.mark.xfail(
     strict=True, reason="needs encoder-decoder logprobs/values/generation in the PPO engine (not on this branch yet)"
