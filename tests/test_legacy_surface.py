@@ -315,47 +315,28 @@ def test_create_reference_model_and_shared_layers(tmp_path):
 # ---------------------------------------------------------------- the example scripts' loop patterns
 
 
-def test_legacy_loop_patterns_in_process(assets, tmp_path):
-    """Custom optimizer + LR scheduler, custom collator, LengthSampler response lengths,
-    generate_ref_response, log_stats(columns_to_log=...)."""
-    set_seed(0)
-    model = AutoModelForCausalLMWithValueHead.from_pretrained(assets["lm"])
-    tokenizer = AutoTokenizer.from_pretrained(assets["lm"])
-    config = PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, steps=2, seed=0, log_with="tensorboard",
-                       project_kwargs={"logging_dir": str(tmp_path)})  # fmt: skip
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)  # legacy: once per step()
-    data = Dataset.from_dict(
-        {"query": ["今天天气", "我觉得", "这本书", "周末我们", "春天来了"], "topic": list("abcde")}
-    )
-    collator = lambda rows: {"n_rows": len(rows), **{k: [r[k] for r in rows] for k in rows[0]}}  # noqa: E731
-    trainer = PPOTrainer(config, model, None, tokenizer, data, optimizer, collator, lr_scheduler=scheduler)
-    assert trainer.optimizer.optimizer is optimizer
-    initial = AutoModelForCausalLM.from_pretrained(assets["lm"])
-    lengths, lrs = LengthSampler(2, 5), []
-    for batch in trainer.dataloader:
-        assert batch["n_rows"] == 4 and len(batch["topic"]) == 4 and set(batch["topic"]) <= set("abcde")
-        queries = batch["input_ids"]
-        responses = trainer.generate(queries, length_sampler=lengths, return_prompt=False)
-        assert all(1 <= len(r) <= 4 for r in responses)
-        greedy, ref_greedy = trainer.generate(queries, return_prompt=False, generate_ref_response=True,
-                                              do_sample=False, max_new_tokens=3)  # fmt: skip
-        for q, r in zip(queries, ref_greedy, strict=True):  # the reference is the initial model
-            mask = torch.ones(1, len(q), dtype=torch.long)
-            expected = initial.generate(q[None], attention_mask=mask, do_sample=False, max_new_tokens=3)
-            assert torch.equal(r, expected[0, len(q) : len(q) + len(r)])
-        batch["response"] = tokenizer.batch_decode(responses)
-        batch["ref_response"] = tokenizer.batch_decode(ref_greedy)
-        rewards = [torch.tensor(float(len(r))) for r in responses]
-        stats = trainer.step(queries, responses, rewards)
-        lrs.append(stats["ppo/learning_rate"])
-        trainer.log_stats(stats, batch, rewards, columns_to_log=["query", "response", "ref_response", "topic"])
-    assert lrs == pytest.approx([0.1, 0.05]) and optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
-    with pytest.raises(ValueError, match=r"columns_to_log \['missing'\] are not in the batch"):
-        trainer.log_stats(stats, batch, rewards, columns_to_log=["query", "missing"])
-    trainer.end()
-    table = _tensorboard(tmp_path)["game_log"]
-    assert table.splitlines()[0] == "query | response | ref_response | topic | reward"
+def _check_patterns(out: dict, logs: Path, world_size: int) -> None:
+    assert out["user_optimizer"] and out["rows"] == [2, 2] and set(out["topics"]) <= set("abcde")
+    assert out["lrs"] == pytest.approx([0.1, 0.05]) and out["final_lr"] == pytest.approx(0.025)  # once per step()
+    assert all(1 <= n <= 4 for n in out["response_lengths"])  # LengthSampler(2, 5) max_new_tokens, cut at EOS
+    assert len(out["ref_is_initial_model"]) == 4 and all(out["ref_is_initial_model"])
+    assert "columns_to_log ['missing'] are not in the batch" in out["missing_column_error"]
+    assert len(out["param_checksums"]) == world_size and len(set(out["param_checksums"])) == 1
+    assert _tensorboard(logs)["game_log"].splitlines()[0] == "query | response | ref_response | topic | reward"
+
+
+def test_legacy_loop_patterns_one_process(assets, tmp_path):
+    from .scripts import legacy_patterns
+
+    _check_patterns(legacy_patterns.run(str(assets["lm"]), str(tmp_path)), tmp_path, world_size=1)
+
+
+@pytest.mark.distributed
+def test_legacy_loop_patterns_two_processes(assets, tmp_path):
+    out = tmp_path / "patterns.json"
+    launch([str(assets["lm"]), str(tmp_path / "logs"), str(out)], num_processes=2,
+           script="tests/scripts/legacy_patterns.py")  # fmt: skip
+    _check_patterns(json.loads(out.read_text()), tmp_path / "logs", world_size=2)
 
 
 # ---------------------------------------------------------------- seq2seq
@@ -426,17 +407,18 @@ def test_seq2seq_legacy_loop_trains_a_tiny_t5(assets):
 @SEQ2SEQ_XFAIL
 @pytest.mark.distributed
 def test_seq2seq_step_is_the_same_on_one_and_two_processes(assets, tmp_path):
-    runs = {}
-    for n in (1, 2):
-        out = tmp_path / f"seq2seq_{n}.json"
-        launch([str(assets["t5"]), str(out)], num_processes=n, script="tests/scripts/legacy_seq2seq_step.py")
-        runs[n] = json.loads(out.read_text())
-    assert runs[1]["is_encoder_decoder"] is True
-    for one, two in zip(runs[1]["stats"], runs[2]["stats"], strict=True):
+    from .scripts import legacy_seq2seq_step
+
+    one = legacy_seq2seq_step.run(str(assets["t5"]))  # in process: the one-process reference
+    launch([str(assets["t5"]), str(tmp_path / "two.json")], num_processes=2,
+           script="tests/scripts/legacy_seq2seq_step.py")  # fmt: skip
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert one["is_encoder_decoder"] is True
+    for a, b in zip(one["stats"], two["stats"], strict=True):
         for k in LEGACY_STATS:
-            assert np.isfinite(one[k]) and one[k] == pytest.approx(two[k], rel=1e-4, abs=1e-6), k
-    for name, value in runs[1]["params"].items():
-        assert value == pytest.approx(runs[2]["params"][name], rel=1e-4, abs=1e-4), name
+            assert np.isfinite(a[k]) and a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+    for name, value in one["params"].items():
+        assert value == pytest.approx(two["params"][name], rel=1e-4, abs=1e-4), name
 
 
 # ---------------------------------------------------------------- trl 0.11.4's examples/scripts/ppo.py

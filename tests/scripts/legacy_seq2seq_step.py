@@ -1,6 +1,7 @@
 """Two legacy PPOTrainer steps of a tiny T5 on a fixed global batch of 4; each process takes its share.
 
 Usage: accelerate launch tests/scripts/legacy_seq2seq_step.py MODEL_DIR OUT.json
+(``run`` is also called in process by the test, for the one-process reference.)
 
 Legacy sizes are per process, so W processes use batch_size 4/W and mini_batch_size 2/W: the same
 global batch and mini-batches on any W. Responses are greedy, so they do not depend on W either.
@@ -8,6 +9,7 @@ Writes the statistics of both steps and a checksum of every parameter (main proc
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -19,9 +21,8 @@ QUERIES = [[5, 6, 7, 8], [9, 10], [11, 12, 13], [14]]
 SCORES = [1.0, -0.5, 0.25, 0.0]
 
 
-def main():
-    model_dir, out_path = sys.argv[1], sys.argv[2]
-    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+def run(model_dir: str) -> dict:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     set_seed(0)  # the value head's initialisation
     model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -36,11 +37,14 @@ def main():
         stats.append(trainer.step(queries, responses, scores))
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     params = {k: p.detach().double().sum().item() for k, p in unwrapped.named_parameters()}
-    if trainer.accelerator.is_main_process:
-        with open(out_path, "w") as f:
-            json.dump({"stats": stats, "params": params, "is_encoder_decoder": config.is_encoder_decoder}, f)
+    out = {"stats": stats, "params": params, "is_encoder_decoder": config.is_encoder_decoder}
+    out["is_main_process"] = trainer.accelerator.is_main_process
     trainer.end()
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    result = run(sys.argv[1])
+    if result["is_main_process"]:
+        with open(sys.argv[2], "w") as f:
+            json.dump(result, f)
