@@ -129,9 +129,14 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def disable_dropout(model: nn.Module) -> None:
+    """Every dropout probability to 0: ``nn.Dropout`` modules, and the float attention-dropout
+    attributes some architectures (T5, BART, OPT) hand to the functional dropout in training mode."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        for name in ("dropout", "attention_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
 
 
 def build_tiny_gpt2(cfg: ModelConfig, tokenizer) -> GPT2LMHeadModel:

@@ -24,7 +24,7 @@ from ppo_dist import (
 )
 from ppo_dist.config import ConfigError, ModelConfig
 from ppo_dist.core import LengthSampler, respond_to_batch
-from ppo_dist.models import ModelLoadError, build_tiny_gpt2, load_tokenizer
+from ppo_dist.models import ModelLoadError, build_tiny_gpt2, disable_dropout, load_tokenizer
 
 from . import legacy_assets
 from .launch import launch
@@ -359,6 +359,10 @@ def test_seq2seq_value_head_model(assets, tmp_path):
     model.save_pretrained(tmp_path / "saved")
     again = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(tmp_path / "saved")
     assert torch.allclose(again(input_ids=queries, attention_mask=mask, decoder_input_ids=decoded)[2], values)
+    # T5 keeps its attention dropout as a float it hands to the functional dropout: disabled too.
+    disable_dropout(model.train())
+    train_values = [model(input_ids=queries, attention_mask=mask, decoder_input_ids=decoded)[2] for _ in range(2)]
+    assert torch.equal(*train_values) and torch.allclose(train_values[0], values)
     with pytest.raises(ModelLoadError, match="load it with AutoModelForSeq2SeqLMWithValueHead"):
         AutoModelForCausalLMWithValueHead.from_pretrained(model.pretrained_model)
 
