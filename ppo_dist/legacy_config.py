@@ -221,6 +221,19 @@ class PPOConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"PPOConfig.{name} must be a positive integer, got {value!r}")
+        for name, ok, rule in (
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("cliprange", self.cliprange > 0, "> 0"),
+            ("cliprange_value", self.cliprange_value > 0, "> 0"),
+            ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"),
+            ("lam", 0 <= self.lam <= 1, "in [0, 1]"),
+            ("init_kl_coef", self.init_kl_coef >= 0, ">= 0"),
+            ("target", self.target > 0, "> 0"),
+            ("horizon", self.horizon > 0, "> 0"),
+            ("max_new_tokens", self.max_new_tokens > 0, "> 0"),
+        ):
+            if not ok:
+                raise ConfigError(f"PPOConfig.{name} must be {rule}, got {getattr(self, name)!r}")
         backward = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % backward:
             raise ConfigError(

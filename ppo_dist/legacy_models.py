@@ -75,6 +75,12 @@ class _LegacyLoading:
                 f"{', '.join(given)}: quantised loading (bitsandbytes) needs a CUDA GPU and none is available; load "
                 "the model unquantised on CPU"
             )
+        if kbit_args and not (quantised and peft_config is not None):
+            raise ValueError(f"{sorted(kbit_args)} apply only to quantised loading with a peft_config")
+        if quantised and kwargs.get("device_map") is None:  # as legacy trl: the whole model on this process's GPU
+            from accelerate import PartialState
+
+            kwargs["device_map"] = {"": PartialState().local_process_index}
         device_map = _single_device_map(kwargs.pop("device_map", None))
         if device_map is not None:
             kwargs["device_map"] = device_map

@@ -163,6 +163,8 @@ def test_batch_arithmetic_is_checked_at_construction_with_legacy_names():
     assert "rollout." not in message and "ppo." not in message
     with pytest.raises(ConfigError, match="mini_batch_size must be a positive integer, got 0"):
         PPOConfig(mini_batch_size=0)
+    with pytest.raises(ConfigError, match=r"PPOConfig.gamma must be in \[0, 1\], got 1.5"):
+        PPOConfig(gamma=1.5)
     config = PPOConfig(batch_size=8, forward_batch_size=4)  # deprecated: overwrites mini_batch_size, as legacy
     assert config.mini_batch_size == 4 and config.backward_batch_size == 4
 
