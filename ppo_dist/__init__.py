@@ -1,17 +1,27 @@
 """ppo_dist: distributed PPO for causal language models on Accelerate (optional DeepSpeed ZeRO).
 
-``from ppo_dist import PPOConfig, PPOTrainer, AutoModelForCausalLMWithValueHead`` gives the legacy
-trl PPO API (see :mod:`ppo_dist.compat`). Imported lazily so ``train.py`` can check its config
-before torch loads.
+The legacy trl (<= 0.11) PPO API is importable from the top level, as from ``trl``::
+
+    from ppo_dist import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, set_seed
+    from ppo_dist.core import LengthSampler
+
+(see :mod:`ppo_dist.compat`). Imported lazily so ``train.py`` can check its config before torch loads.
 """
 
-_COMPAT = ("PPOConfig", "PPOTrainer", "AutoModelForCausalLMWithValueHead")
-__all__ = list(_COMPAT)
+_LEGACY = {
+    "PPOConfig": "legacy_config",
+    "PPOTrainer": "compat",
+    "AutoModelForCausalLMWithValueHead": "legacy_models",
+    "AutoModelForSeq2SeqLMWithValueHead": "legacy_models",
+    "create_reference_model": "legacy_models",
+    "set_seed": "core",
+}
+__all__ = list(_LEGACY)
 
 
 def __getattr__(name: str):
-    if name in _COMPAT:
-        from . import compat
+    if name in _LEGACY:
+        import importlib
 
-        return getattr(compat, name)
+        return getattr(importlib.import_module(f".{_LEGACY[name]}", __name__), name)
     raise AttributeError(f"module 'ppo_dist' has no attribute {name!r}")

@@ -1,11 +1,14 @@
 """The legacy ``trl`` PPO API (trl <= 0.11) on top of ppo_dist's engine.
 
-Code written for ``trl.PPOTrainer`` runs with only its import changed::
+Code written for ``trl.PPOTrainer`` runs with only its imports changed::
 
-    from ppo_dist import PPOConfig, PPOTrainer, AutoModelForCausalLMWithValueHead
+    from ppo_dist import PPOConfig, PPOTrainer, AutoModelForCausalLMWithValueHead, set_seed
+    from ppo_dist.core import LengthSampler
 
-``PPOConfig`` takes the legacy field names and maps them onto ppo_dist's :class:`~ppo_dist.config.Config`;
-``PPOTrainer.step`` runs one update of the same :class:`~ppo_dist.trainer.PPOEngine` that
+The legacy surface lives beside this module: ``PPOConfig`` in :mod:`ppo_dist.legacy_config` (mapped
+onto ppo_dist's :class:`~ppo_dist.config.Config`), the value-head model classes and
+``create_reference_model`` in :mod:`ppo_dist.legacy_models`, ``trl.core``'s helpers in
+:mod:`ppo_dist.core`. ``PPOTrainer.step`` runs one update of the same :class:`~ppo_dist.engine.PPOEngine` that
 ``train.py`` uses, so the maths, the multi-process synchronisation and the statistics are the same.
 
 Legacy batch semantics are kept: ``batch_size`` and ``mini_batch_size`` count samples **per
@@ -21,7 +24,6 @@ when ``steps`` is given, cycling and reshuffling the data (legacy stopped after 
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 import math
 import time
@@ -34,167 +36,24 @@ from accelerate.utils import set_seed
 from transformers import PreTrainedModel
 
 from . import distributed, tracking, zero
-from .config import PRECISIONS, Config, ConfigError, validate
+from .config import ConfigError, validate
 from .data import PromptStream, tokenize_prompts
 from .engine import build_engine
+from .legacy_config import PPOConfig
+from .legacy_models import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead, create_reference_model
 from .models import CausalLMWithValueHead, prepare_tokenizer
 from .rollout import Rollout, generate, left_pad, make_generation_config, right_pad
+from .seq2seq import Seq2SeqLMWithValueHead
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PPOConfig", "PPOTrainer", "AutoModelForCausalLMWithValueHead"]
-
-
-class AutoModelForCausalLMWithValueHead(CausalLMWithValueHead):
-    """Legacy name of :class:`~ppo_dist.models.CausalLMWithValueHead`.
-
-    ``from_pretrained`` takes a local directory, a hub name or an already loaded causal LM;
-    ``forward`` returns ``(logits, loss, values)``; ``generate``, ``config`` (``pad_token_id``
-    assignable), ``num_parameters()`` and ``save_pretrained`` behave as on a Hugging Face model.
-    """
-
-
-# Legacy fields that ppo_dist implements, with trl 0.11's defaults.
-_LEGACY_DEFAULTS: dict[str, Any] = {
-    "exp_name": "ppo_dist",
-    "seed": 0,
-    "log_with": None,
-    "task_name": None,
-    "model_name": "gpt2",
-    "query_dataset": None,
-    "reward_model": None,
-    "remove_unused_columns": True,
-    "tracker_kwargs": {},
-    "accelerator_kwargs": {},
-    "project_kwargs": {},
-    "tracker_project_name": "trl",
-    "push_to_hub_if_best_kwargs": {},
-    "steps": 20000,
-    "learning_rate": 1.41e-5,
-    "adap_kl_ctrl": True,
-    "init_kl_coef": 0.2,
-    "kl_penalty": "kl",
-    "target": 6.0,
-    "horizon": 10000.0,
-    "gamma": 1.0,
-    "lam": 0.95,
-    "cliprange": 0.2,
-    "cliprange_value": 0.2,
-    "vf_coef": 0.1,
-    "batch_size": 128,
-    "forward_batch_size": None,
-    "mini_batch_size": 128,
-    "gradient_accumulation_steps": 1,
-    "world_size": None,
-    "ppo_epochs": 4,
-    "max_grad_norm": None,
-    "optimize_cuda_cache": None,
-    "optimize_device_cache": False,
-    "use_score_scaling": False,
-    "use_score_norm": False,
-    "score_clip": None,
-    "whiten_rewards": False,
-    "gradient_checkpointing": False,
-    # ppo_dist additions, under the legacy naming style
-    "max_new_tokens": 32,
-    "output_dir": "runs/ppo_trainer",
-}
-# Legacy fields ppo_dist accepts only at their legacy value: anything else would be silently ignored.
-_UNSUPPORTED: dict[str, Any] = {
-    "early_stopping": False,
-    "target_kl": 1,
-    "compare_steps": 1,
-    "ratio_threshold": 10.0,
-    "is_encoder_decoder": None,
-    "is_peft_model": None,
-    "backward_batch_size": None,
-    "global_backward_batch_size": None,
-    "global_batch_size": None,
-}
-_KL_PENALTY = {"kl": "k1", "k1": "k1", "k3": "k3"}
-_PRECISION = {"no": "fp32", **{name: name for name in PRECISIONS}}  # accelerate's "no" and ours
-
-
-class PPOConfig:
-    """Legacy ``trl.PPOConfig`` field names, mapped onto ppo_dist's :class:`Config` by :meth:`to_config`.
-
-    Unknown names fail with close-match suggestions. Legacy fields whose behaviour ppo_dist does not
-    implement (``early_stopping``, ``ratio_threshold``, ...) are accepted only at their legacy
-    default, so no setting is ever silently ignored.
-    """
-
-    def __init__(self, **kwargs: Any):
-        known = {**_LEGACY_DEFAULTS, **_UNSUPPORTED}
-        for name, value in kwargs.items():
-            if name not in known:
-                close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
-                hint = f" Did you mean: {', '.join(close)}?" if close else ""
-                raise ConfigError(f"PPOConfig has no field {name!r}.{hint}")
-            if name in _UNSUPPORTED and value != _UNSUPPORTED[name]:
-                raise ConfigError(
-                    f"PPOConfig.{name}={value!r} is not supported by ppo_dist (only {_UNSUPPORTED[name]!r})"
-                )
-        if kwargs.get("kl_penalty", "kl") not in _KL_PENALTY:
-            raise ConfigError(
-                f"PPOConfig.kl_penalty={kwargs['kl_penalty']!r} is not supported; use one of {sorted(_KL_PENALTY)}"
-            )
-        for name, default in known.items():
-            setattr(self, name, copy.deepcopy(kwargs.get(name, default)))
-        self.steps_given = "steps" in kwargs
-
-    def __repr__(self) -> str:
-        return f"PPOConfig({', '.join(f'{k}={getattr(self, k)!r}' for k in _LEGACY_DEFAULTS)})"
-
-    def to_config(self, world_size: int = 1) -> Config:
-        """The ppo_dist config for ``world_size`` processes (legacy sizes are per process)."""
-        cfg = Config()
-        W = world_size
-        cfg.rollout.batch_size = self.batch_size * W
-        cfg.rollout.max_new_tokens = self.max_new_tokens
-        cfg.rollout.forward_batch_size = self.forward_batch_size or self.batch_size
-        precision = self.accelerator_kwargs.get("mixed_precision", "no")
-        if precision not in _PRECISION:
-            raise ConfigError(
-                f"PPOConfig.accelerator_kwargs['mixed_precision']={precision!r}: use one of {sorted(_PRECISION)}"
-            )
-        cfg.model.dtype = _PRECISION[precision]
-        p = cfg.ppo
-        p.ppo_epochs, p.cliprange, p.cliprange_value, p.vf_coef = (
-            self.ppo_epochs,
-            self.cliprange,
-            self.cliprange_value,
-            self.vf_coef,
-        )
-        p.gamma, p.lam, p.whiten_rewards = self.gamma, self.lam, self.whiten_rewards
-        p.gradient_accumulation_steps = self.gradient_accumulation_steps
-        # Legacy: an optimiser step every mini_batch_size * gradient_accumulation_steps samples per process.
-        p.mini_batch_size = self.mini_batch_size * self.gradient_accumulation_steps * W
-        p.kl_coef, p.adaptive_kl, p.kl_target, p.kl_horizon = (
-            self.init_kl_coef,
-            self.adap_kl_ctrl,
-            self.target,
-            self.horizon,
-        )
-        p.kl_estimator = _KL_PENALTY[self.kl_penalty]
-        cfg.optim.lr, cfg.optim.max_grad_norm = self.learning_rate, self.max_grad_norm
-        cfg.model.gradient_checkpointing = bool(self.gradient_checkpointing)
-        cfg.reward.normalize = bool(self.use_score_norm)
-        cfg.reward.clip = self.score_clip
-        cfg.train.seed, cfg.train.total_steps = self.seed, self.steps
-        cfg.train.output_dir = self.project_kwargs.get("logging_dir", self.output_dir)
-        trackers = (
-            self.log_with if isinstance(self.log_with, (list, tuple)) else [self.log_with] if self.log_with else []
-        )
-        cfg.log.trackers, cfg.log.project_name = [str(t) for t in trackers], self.tracker_project_name
-        if self.use_score_scaling and not self.use_score_norm:
-            raise ConfigError(
-                "PPOConfig.use_score_scaling without use_score_norm is not supported; set use_score_norm=True"
-            )
-        if self.batch_size % self.mini_batch_size:
-            raise ConfigError(
-                f"PPOConfig.batch_size={self.batch_size} must be divisible by mini_batch_size={self.mini_batch_size}"
-            )
-        return cfg
+__all__ = [
+    "PPOConfig",
+    "PPOTrainer",
+    "AutoModelForCausalLMWithValueHead",
+    "AutoModelForSeq2SeqLMWithValueHead",
+    "create_reference_model",
+]
 
 
 class _Dataloader:
@@ -258,10 +117,12 @@ class PPOTrainer:
             raise TypeError(f"config must be a ppo_dist.PPOConfig, got {type(config).__name__}")
         if tokenizer is None:
             raise ValueError("PPOTrainer needs a tokenizer")
-        if num_shared_layers is not None:
+        if num_shared_layers is not None and ref_model is not None:
             raise ValueError(
-                "num_shared_layers is not supported: the reference model is a frozen copy of the initial policy"
+                "num_shared_layers applies only without ref_model (the reference is then copied from model)"
             )
+        if lr_scheduler is not None and optimizer is None:
+            raise ValueError("lr_scheduler was given without the optimizer it schedules: pass optimizer= too")
         self.config = config
         world = distributed.world_size_from_env()
         self.cfg = cfg = config.to_config(world)
@@ -272,21 +133,22 @@ class PPOTrainer:
 
         model = _as_value_head_model(model if model is not None else config.model_name)
         self.is_peft_model = model.is_peft_model
+        config.fill_runtime_fields(world, model.is_encoder_decoder, self.is_peft_model)
         if ref_model is not None:
             ref_model = _as_value_head_model(ref_model)
+        elif num_shared_layers is not None:
+            ref_model = create_reference_model(model, num_shared_layers)  # also freezes model's first layers
         elif not self.is_peft_model:  # legacy: a frozen copy of the value-head model, same parameter names
             ref_model = copy.deepcopy(model)
+        # A user's optimizer and scheduler keep legacy semantics: the scheduler steps once per step() call
+        # and the engine reads the optimiser's current learning rate.
+        self._user_scheduler = lr_scheduler
         self.engine = build_engine(
-            cfg,
-            acc,
-            self.tokenizer,
-            plan,
-            policy=model,
-            reference=ref_model,
-            optimizer=optimizer,
-            scheduler=lr_scheduler,
-        )
-        self.model, self.optimizer, self.lr_scheduler = self.engine.model, self.engine.optimizer, self.engine.scheduler
+            cfg, acc, self.tokenizer, plan, policy=model, reference=ref_model, optimizer=optimizer,
+            scheduler=_CurrentLR(optimizer) if optimizer is not None else None,
+        )  # fmt: skip
+        self.model, self.optimizer = self.engine.model, self.engine.optimizer
+        self.lr_scheduler = lr_scheduler if optimizer is not None else self.engine.scheduler
         # Legacy: ref_model is None for a LoRA policy, whose reference is itself under optional_peft_ctx().
         reference = self.engine.reference
         self.ref_model = None if self.is_peft_model or reference is None else reference.model
@@ -426,6 +288,8 @@ class PPOTrainer:
         r, rm = right_pad([t.long().cpu() for t in responses], pad)
         rollout = Rollout(q.to(device), qm.to(device), r.to(device), rm.to(device))
         stats: dict[str, Any] = self.engine.step(rollout, score_t.to(device))
+        if self._user_scheduler is not None:
+            self._user_scheduler.step()
         stats["time/ppo/total"] = time.perf_counter() - t0
         return stats
 
@@ -453,11 +317,12 @@ class PPOTrainer:
         self, stats: dict, batch: dict, rewards: Sequence, columns_to_log: Sequence[str] = ("query", "response")
     ) -> None:
         """Write ``stats`` (and a table of this process's samples, from the main process) to the trackers."""
+        missing = [c for c in columns_to_log if c not in batch]
+        if missing:  # checked on every process: they all raise, none waits in a collective
+            raise ValueError(f"log_stats: columns_to_log {missing} are not in the batch (keys: {sorted(batch)})")
         scalars = {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        table = None
-        if all(c in batch for c in columns_to_log):
-            table = {c: list(batch[c]) for c in columns_to_log} | {"reward": [_scalar(x) for x in rewards]}
-        self.tracker.log(self.engine.global_step, scalars, table=table)
+        table = {c: [_cell(v) for v in batch[c]] for c in columns_to_log} | {"reward": [_scalar(x) for x in rewards]}
+        self.tracker.log(self.engine.global_step, scalars, table=table, table_tag="game_log")
 
     def save_pretrained(self, save_directory: str) -> None:
         """Save the policy (with its value head; LoRA: merged, plus the adapter) and the tokenizer."""
@@ -468,13 +333,16 @@ class PPOTrainer:
         distributed.shutdown(self.accelerator)
 
 
-def _as_value_head_model(model) -> CausalLMWithValueHead:
-    if isinstance(model, CausalLMWithValueHead):
+def _as_value_head_model(model) -> CausalLMWithValueHead | Seq2SeqLMWithValueHead:
+    if isinstance(model, (CausalLMWithValueHead, Seq2SeqLMWithValueHead)):
         return model
+    if isinstance(model, PreTrainedModel) and getattr(model.config, "is_encoder_decoder", False):
+        return AutoModelForSeq2SeqLMWithValueHead.from_pretrained(model)
     if isinstance(model, (str, PreTrainedModel)):
         return AutoModelForCausalLMWithValueHead.from_pretrained(model)
     raise TypeError(
-        f"model must be an AutoModelForCausalLMWithValueHead, a causal LM or a path, got {type(model).__name__}"
+        "model must be an AutoModelForCausalLMWithValueHead, an AutoModelForSeq2SeqLMWithValueHead, a Hugging Face "
+        f"LM or a path, got {type(model).__name__}"
     )
 
 
@@ -511,6 +379,27 @@ def _scores_tensor(scores: Sequence) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
+def _cell(value):
+    """One game_log table cell: scalar tensors as numbers."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        return round(float(value), 4)
+    return value
+
+
 def _legacy_hparams(config: PPOConfig) -> dict:
     """The legacy config as the trackers' hyperparameters (legacy trl logged ``config.to_dict()``)."""
-    return {k: getattr(config, k) for k in _LEGACY_DEFAULTS}
+    return {k: v for k, v in config.to_dict().items() if v is not None}
+
+
+class _CurrentLR:
+    """The engine's view of a user's schedule: the optimiser's current lr; the user's scheduler is
+    stepped by PPOTrainer.step, once per call, as in legacy trl."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def step(self) -> None:
+        pass
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]

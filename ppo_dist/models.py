@@ -53,34 +53,41 @@ def _hf_model(lm: nn.Module) -> PreTrainedModel:
     return lm.get_base_model() if is_peft_model(lm) else lm
 
 
-class CausalLMWithValueHead(nn.Module):
-    """A Hugging Face causal LM plus, when it is the critic too, a scalar value head on its last hidden state.
+class ValueHeadModel(nn.Module):
+    """A Hugging Face LM (optionally wrapped by peft) plus, when it is the critic too, a scalar value
+    head on its last hidden state; ``v_head`` is None for critic-free estimators and reference models.
 
-    ``v_head`` is None for critic-free estimators (and for reference models). The legacy forward
-    returns ``(logits, loss, values)`` like legacy trl's model; ``logits_to_keep=k`` computes logits
-    (and values) for the last ``k`` positions only.
+    Subclasses give the architecture: :class:`CausalLMWithValueHead` and
+    :class:`~ppo_dist.seq2seq.Seq2SeqLMWithValueHead` implement ``_score`` (the engine's call) and
+    ``_legacy_forward`` (legacy trl's ``(logits, loss, values)``).
     """
+
+    is_encoder_decoder = False
 
     def __init__(self, pretrained_model: PreTrainedModel, value_head: bool = True, logits_chunk_tokens: int = 0):
         super().__init__()
         self.pretrained_model = pretrained_model
-        hf = _hf_model(pretrained_model)
+        config = _hf_model(pretrained_model).config
         self.v_head = None
         if value_head:
-            hidden = _hidden_size(hf.config)
+            hidden = _hidden_size(getattr(config, "decoder", None) or config)
             self.v_head = nn.Linear(hidden, 1)
             nn.init.normal_(self.v_head.weight, std=1.0 / (hidden + 1) ** 0.5)
             nn.init.zeros_(self.v_head.bias)
-        self.chunk_tokens = algos.chunk_tokens_for(hf.config.vocab_size, logits_chunk_tokens)
-        self._supports_logits_to_keep = "logits_to_keep" in inspect.signature(hf.forward).parameters
+        self.chunk_tokens = algos.chunk_tokens_for(config.vocab_size, logits_chunk_tokens)
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The Hugging Face model (inside the peft wrapper, whose LoRA layers are injected into it)."""
+        return _hf_model(self.pretrained_model)
 
     @property
     def config(self):
-        return _hf_model(self.pretrained_model).config
+        return self.hf_model.config
 
     @property
     def generation_config(self):
-        return _hf_model(self.pretrained_model).generation_config
+        return self.hf_model.generation_config
 
     @property
     def is_peft_model(self) -> bool:
@@ -92,78 +99,36 @@ class CausalLMWithValueHead(nn.Module):
             raise RuntimeError("adapter_disabled() needs a LoRA (peft) policy")
         return self.pretrained_model.disable_adapter()
 
-    # ------------------------------------------------------------------ forward
-
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        labels=None,
-        logits_to_keep: int = 0,
-        *,
-        responses: torch.Tensor | None = None,
-        response_mask: torch.Tensor | None = None,
-        entropy: str = "none",
-        with_values: bool = False,
-        **kwargs,
-    ):
+    def forward(self, *args, responses=None, response_mask=None, entropy: str = "none", with_values=False, **kwargs):
+        """With ``responses``: :class:`TokenScores` of the response tokens (``input_ids`` /
+        ``attention_mask`` are the left-padded queries). Without: the legacy trl forward."""
         if responses is not None:
-            return self._score(input_ids, attention_mask, responses, response_mask, entropy, with_values)
-        extra = {"logits_to_keep": logits_to_keep} if (logits_to_keep and self._supports_logits_to_keep) else {}
-        out = self.pretrained_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels,
-            output_hidden_states=True,
-            use_cache=False,
-            return_dict=True,
-            **extra,
-            **kwargs,
-        )
-        hidden = out.hidden_states[-1]
-        logits = out.logits
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-            logits = logits[:, -logits_to_keep:]
-        values = None if self.v_head is None else self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1)
-        return logits, out.loss, values
+            queries = kwargs.pop("input_ids", args[0] if args else None)
+            query_mask = kwargs.pop("attention_mask", args[1] if len(args) > 1 else None)
+            if with_values and self.v_head is None:
+                raise RuntimeError("values requested from a model without a value head")
+            return self._score(queries, query_mask, responses, response_mask, entropy, with_values)
+        return self._legacy_forward(*args, **kwargs)
 
-    def _score(self, queries, query_mask, responses, response_mask, entropy: str, with_values: bool) -> TokenScores:
-        """Logprobs (+ entropy, values) of the response tokens, from the last hidden state.
+    def _values(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1)
 
-        Sequence layout ``[query (left-padded) | response (right-padded)]``; position ids follow the
-        attention mask, so the amount of padding never changes a result. Logits are formed a chunk
-        of positions at a time (:func:`algos.chunked_logprobs`): no ``(B, T, vocab)`` fp32 tensor.
-        """
-        if with_values and self.v_head is None:
-            raise RuntimeError("values requested from a model without a value head")
-        input_ids = torch.cat([queries, responses], dim=1)
-        attention_mask = torch.cat([query_mask, response_mask], dim=1)
-        position_ids = (attention_mask.cumsum(1) - 1).clamp_min(0)
-        hf = _hf_model(self.pretrained_model)
-        out = hf.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
-        T = responses.shape[1]
-        hidden = out.last_hidden_state[:, -T - 1 : -1]  # the position before each response token predicts it
+    def _scores_from_hidden(self, hidden, responses, entropy: str, with_values: bool) -> TokenScores:
+        """Logprobs (+ entropy, values) from the hidden states that predict each response token;
+        logits are formed a chunk of positions at a time (:func:`algos.chunked_logprobs`)."""
         logprobs, ent = algos.chunked_logprobs(
             hidden, self._head, responses, chunk_tokens=self.chunk_tokens, entropy=entropy
         )
-        values = None
-        if with_values:
-            values = self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
-        return TokenScores(logprobs, ent, values)
+        return TokenScores(logprobs, ent, self._values(hidden).float() if with_values else None)
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head (and the final-logit transforms some architectures apply after it)."""
-        hf = _hf_model(self.pretrained_model)
-        logits = hf.get_output_embeddings()(hidden)
-        cap = getattr(hf.config, "final_logit_softcapping", None)
+        config = self.config
+        logits = self.hf_model.get_output_embeddings()(hidden)
+        cap = getattr(config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        scale = getattr(hf.config, "logit_scale", None)
+        scale = getattr(config, "logit_scale", None)
         if isinstance(scale, (int, float)) and scale != 1:
             logits = logits * scale
         return logits
@@ -171,24 +136,21 @@ class CausalLMWithValueHead(nn.Module):
     @torch.no_grad()
     def check_scoring_matches_logits(self) -> None:
         """The hidden-state + head path must reproduce the model's own logits (it would not for an
-        architecture with an unknown transform after the LM head): checked once on 6 tokens."""
+        architecture with an unknown transform around the LM head): checked once on 6 tokens."""
         was_training = self.training
         self.eval()
         try:
-            vocab = self.config.vocab_size
-            ids = torch.randint(0, vocab, (1, 6), generator=torch.Generator().manual_seed(0))
+            ids = torch.randint(3, self.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(0))
             ids = ids.to(next(self.parameters()).device)
             ones = torch.ones_like(ids)
-            scored = self(
-                input_ids=ids[:, :3], attention_mask=ones[:, :3], responses=ids[:, 3:], response_mask=ones[:, 3:]
-            )
-            logits = self.pretrained_model(input_ids=ids, attention_mask=ones, use_cache=False).logits[:, 2:5]
-            expected = algos.logprobs_from_logits(logits, ids[:, 3:])
+            q, r = ids[:, :3], ids[:, 3:]
+            scored = self(input_ids=q, attention_mask=ones[:, :3], responses=r, response_mask=ones[:, 3:])
+            expected = algos.logprobs_from_logits(self._model_logits(q, r), r)
             if not torch.allclose(scored.logprobs, expected, rtol=1e-4, atol=1e-4):
+                error = (scored.logprobs - expected).abs().max().item()
                 raise ModelLoadError(
-                    f"{type(_hf_model(self.pretrained_model)).__name__}: logprobs from the last hidden state and the "
-                    f"output embeddings differ from the model's logits (max error "
-                    f"{(scored.logprobs - expected).abs().max().item():.3g}); this architecture is not supported"
+                    f"{type(self.hf_model).__name__}: logprobs from the last hidden state and the output embeddings "
+                    f"differ from the model's logits (max error {error:.3g}); this architecture is not supported"
                 )
         finally:
             self.train(was_training)
@@ -216,18 +178,64 @@ class CausalLMWithValueHead(nn.Module):
             torch.save({k: v.detach().cpu() for k, v in head.items()}, save_directory / VALUE_HEAD_FILE)
 
     @classmethod
-    def from_pretrained(
-        cls, name_or_path: str | os.PathLike | PreTrainedModel, value_head: bool = True, **kwargs
-    ) -> CausalLMWithValueHead:
-        """Load an HF causal LM (path, hub name or model object); restore a saved value head if present."""
+    def from_pretrained(cls, name_or_path: str | os.PathLike | PreTrainedModel, value_head: bool = True, **kwargs):
+        """Load an HF LM (path, hub name or model object); restore a saved value head if present."""
         if isinstance(name_or_path, PreTrainedModel) or is_peft_model(name_or_path):
             lm, head = name_or_path, None
         else:
-            lm, head = load_causal_lm(str(name_or_path), **kwargs), Path(str(name_or_path)) / VALUE_HEAD_FILE
+            lm, head = cls._load_lm(str(name_or_path), **kwargs), Path(str(name_or_path)) / VALUE_HEAD_FILE
         model = cls(lm, value_head=value_head)
         if model.v_head is not None and head is not None and head.is_file():
             model.v_head.load_state_dict(torch.load(head, map_location="cpu", weights_only=True))
         return model
+
+
+class CausalLMWithValueHead(ValueHeadModel):
+    """A causal LM with a value head. Legacy forward: ``(logits, loss, values)``; ``logits_to_keep=k``
+    computes logits (and values) for the last ``k`` positions only."""
+
+    _load_lm = staticmethod(lambda name_or_path, **kwargs: load_causal_lm(name_or_path, **kwargs))
+
+    def _legacy_forward(
+        self, input_ids=None, attention_mask=None, position_ids=None, labels=None, logits_to_keep: int = 0, **kwargs
+    ):
+        supported = "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters
+        extra = {"logits_to_keep": logits_to_keep} if (logits_to_keep and supported) else {}
+        out = self.pretrained_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            output_hidden_states=True,
+            use_cache=False,
+            return_dict=True,
+            **extra,
+            **kwargs,
+        )
+        hidden = out.hidden_states[-1]
+        logits = out.logits
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+            logits = logits[:, -logits_to_keep:]
+        return logits, out.loss, (None if self.v_head is None else self._values(hidden))
+
+    def _score(self, queries, query_mask, responses, response_mask, entropy: str, with_values: bool) -> TokenScores:
+        """Sequence layout ``[query (left-padded) | response (right-padded)]``; position ids follow the
+        attention mask, so the amount of padding never changes a result."""
+        input_ids = torch.cat([queries, responses], dim=1)
+        attention_mask = torch.cat([query_mask, response_mask], dim=1)
+        position_ids = (attention_mask.cumsum(1) - 1).clamp_min(0)
+        out = self.hf_model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        T = responses.shape[1]
+        hidden = out.last_hidden_state[:, -T - 1 : -1]  # the position before each response token predicts it
+        return self._scores_from_hidden(hidden, responses, entropy, with_values)
+
+    def _model_logits(self, queries, responses) -> torch.Tensor:
+        ids = torch.cat([queries, responses], dim=1)
+        T = responses.shape[1]
+        return self.pretrained_model(input_ids=ids, use_cache=False).logits[:, -T - 1 : -1]
 
 
 def _strip_prefix(state: dict, prefix: str) -> dict:
@@ -308,9 +316,14 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def disable_dropout(model: nn.Module) -> None:
+    """Every dropout probability to 0: ``nn.Dropout`` modules, and the float attention-dropout
+    attributes some architectures (T5, BART, OPT) hand to the functional dropout in training mode."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        for name in ("dropout", "attention_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
 
 
 def build_tiny_gpt2(cfg: ModelConfig, tokenizer) -> GPT2LMHeadModel:
@@ -365,8 +378,8 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def prepare_policy(
-    policy: CausalLMWithValueHead, cfg: ModelConfig, tokenizer, disable_dropout_: bool = True
-) -> CausalLMWithValueHead:
+    policy: ValueHeadModel, cfg: ModelConfig, tokenizer, disable_dropout_: bool = True
+) -> ValueHeadModel:
     """What every policy needs before training, whoever built it (service config or legacy API):
     a pad token id, dropout off, gradient checkpointing when asked, and a checked scoring path."""
     if policy.config.pad_token_id is None:
@@ -375,9 +388,7 @@ def prepare_policy(
         disable_dropout(policy)
     policy.check_scoring_matches_logits()
     if cfg.gradient_checkpointing:
-        _hf_model(policy.pretrained_model).gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        policy.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return policy
 
 
@@ -406,7 +417,7 @@ def build_reference_model(cfg: ModelConfig, policy: CausalLMWithValueHead, token
     elif policy.is_peft_model:
         return None
     else:
-        ref = CausalLMWithValueHead(
+        ref = type(policy)(
             copy.deepcopy(policy.pretrained_model), value_head=False, logits_chunk_tokens=cfg.logits_chunk_tokens
         )
     if ref.config.pad_token_id is None:

@@ -113,6 +113,7 @@ def generate(
     """Batched sampling with KV cache on left-padded prompts; ``chunk_size`` prompts per call (0 = all).
     ``kwargs`` go to ``model.generate`` (e.g. ``logits_processor``)."""
     device = next(model.parameters()).device
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     chunk_size = chunk_size or len(query_ids)
     pad = tokenizer.pad_token_id
     queries, query_mask = (t.to(device) for t in left_pad(query_ids, pad))
@@ -120,7 +121,8 @@ def generate(
     for start in range(0, len(query_ids), chunk_size):
         q, m = queries[start : start + chunk_size], query_mask[start : start + chunk_size]
         out = model.generate(input_ids=q, attention_mask=m, generation_config=gen_config, **kwargs)
-        pieces.append(out[:, q.shape[1] :])
+        # A decoder-only model returns prompt + response; an encoder-decoder one, start token + response.
+        pieces.append(out[:, 1:] if encoder_decoder else out[:, q.shape[1] :])
     width = max(p.shape[1] for p in pieces)
     raw = torch.cat([F.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])
     eos = gen_config.eos_token_id if isinstance(gen_config.eos_token_id, int) else tokenizer.eos_token_id

@@ -131,7 +131,12 @@ class RunTracker:
         self.log(step, stats, histograms, table)
 
     def log(
-        self, step: int, stats: dict[str, float], histograms: dict | None = None, table: dict | None = None
+        self,
+        step: int,
+        stats: dict[str, float],
+        histograms: dict | None = None,
+        table: dict | None = None,
+        table_tag: str = "samples",
     ) -> None:
         """Scalars for ``step``; TensorBoard histograms (tag -> tensor) and a sample table (column -> values)."""
         if not self.enabled:
@@ -147,7 +152,7 @@ class RunTracker:
             except ValueError as e:  # tensorboard cannot bin e.g. values near the float limits
                 logger.warning("histogram %s not written at step %d: %s", tag, step, e)
         if table is not None:
-            writer.add_text("samples", sample_table(table), step)
+            writer.add_text(table_tag, sample_table(table), step)
         writer.flush()
 
 

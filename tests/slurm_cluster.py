@@ -92,7 +92,7 @@ def _pid_alive(pid: int) -> bool:
 def _read_pid(path: Path, timeout: float = 15.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError, ValueError):
+        with contextlib.suppress(FileNotFoundError, ValueError, IndexError):  # IndexError: created, not yet written
             return int(path.read_text().split()[0])
         time.sleep(0.1)
     raise RuntimeError(f"daemon did not write its pid file {path} within {timeout:.0f} s")

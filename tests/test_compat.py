@@ -170,8 +170,8 @@ def test_config_names_unknown_and_unsupported_fields():
     )
     assert (cfg.rollout.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.gradient_accumulation_steps) == (16, 8, 2)
     assert cfg.optim.lr == 1.41e-5
-    with pytest.raises(ConfigError, match="batch_size=6 must be divisible by mini_batch_size=4"):
-        PPOConfig(batch_size=6, mini_batch_size=4).to_config()
+    with pytest.raises(ConfigError, match="batch_size=6 must be a multiple of mini_batch_size"):
+        PPOConfig(batch_size=6, mini_batch_size=4)
 
 
 def test_value_head_model_from_object_and_forward(saved_model):
