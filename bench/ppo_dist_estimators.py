@@ -41,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--prompts-per-step", type=int, default=2)
     ap.add_argument("--num-generations", type=int, default=4, help="samples per prompt")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--compile", action="store_true", help="train.compile: torch.compile the policy's forward")
     ap.add_argument("--target", type=float, default=1.0)
     ap.add_argument("--ma", type=int, default=5)
     ap.add_argument("--max-steps", type=int, default=2000)
@@ -70,6 +71,7 @@ def build_config(args, model_dir: Path, out_dir: str):
     cfg.reward.functions = ["chinese_rule"]  # the same rule as common.rule_reward (tests/test_bench_common.py)
     cfg.train.seed, cfg.train.total_steps, cfg.train.output_dir = args.seed, args.max_steps, out_dir
     cfg.log.trackers, cfg.log.progress_bar = [], False
+    cfg.train.compile = args.compile
     return cfg
 
 
@@ -82,6 +84,7 @@ def main() -> None:
     out_dir = tempfile.mkdtemp(prefix="ppo_dist_bench_")
     trainer = Trainer(build_config(args, model_dir, out_dir))
     system = f"ppo_dist-{args.estimator}" + ("-bf16" if args.precision == "bf16" else "")
+    system += "-compile" if args.compile else ""
     records, reached = [], None
     t_start = time.perf_counter()
     for step in range(1, args.max_steps + 1):

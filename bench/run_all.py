@@ -8,7 +8,12 @@
    with bf16 autocast (3m and 124m);
 2. scaling: ppo_dist on 1 process (2 threads) vs 2 processes (1 thread each) on the 3m shape;
 3. time to a target reward: current TRL GRPOTrainer (its own venv) vs ppo_dist, notebook settings;
-4. memory per process under DDP and ZeRO-1/2/3/3+offload (bench/zero_memory.py, 2 processes).
+4. memory per process under DDP and ZeRO-1/2/3/3+offload (bench/zero_memory.py, 2 processes);
+5. time to a target reward per advantage estimator (ppo_dist grpo / rloo / gae vs TRL GRPOTrainer,
+   identical settings, several seeds; bench/ppo_dist_estimators.py), and train.compile;
+6. long responses: s/step by phase and peak memory at 256 / 1024 / 4096 new tokens, fixed vs
+   token-budget micro-batches, and GAE alone up to 32k tokens (bench/long_responses.py);
+7. memory of LoRA / gradient checkpointing on a GPT-2-medium shape, 2 processes (bench/lora_memory.py).
 Each run appends its summary line to bench/out/results.jsonl; BENCHMARKS.md is rendered from the
 lines of this invocation only (no hand-typed numbers).
 """
@@ -99,6 +104,10 @@ def main() -> None:
     )
     ap.add_argument("--skip-zero", action="store_true", help="leave out the ZeRO memory table")
     ap.add_argument("--zero-shape", default="124m", help="model shape for the ZeRO memory table")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="seeds of the estimator runs")
+    ap.add_argument("--skip-estimators", action="store_true")
+    ap.add_argument("--skip-long", action="store_true")
+    ap.add_argument("--skip-lora", action="store_true")
     ap.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
     ap.add_argument(
         "--render-only", action="store_true", help=f"rewrite --output from the last run's saved rows ({LAST_RUN.name})"
@@ -114,7 +123,8 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     legacy_py, trl_py = venvs.ensure("legacy"), venvs.ensure("trl")
     py = sys.executable
-    rows: dict[str, list] = {"same": [], "scaling": [], "target": [], "zero": []}
+    rows: dict[str, list] = {"same": [], "scaling": [], "target": [], "zero": [], "estimators": [], "long": [],
+                             "gae": [], "lora": []}  # fmt: skip
     peaks = {"fp32": matmul_peak_gflops("float32"), "bf16": matmul_peak_gflops("bfloat16")}
     print("matmul GFLOP/s:", peaks, flush=True)
 
@@ -173,11 +183,47 @@ def main() -> None:
             run([py, "bench/zero_memory.py", "--shape", args.zero_shape, "--modes", mode], attempts=2)
             for mode in zero_memory.MODES
         ]
+    if not args.skip_estimators:
+        rows["estimators"] = run_estimators(args, py, trl_py)
+    if not args.skip_long:
+        rows["long"] = run_lines([py, "bench/long_responses.py"])
+        rows["gae"] = run_lines([py, "bench/long_responses.py", "--gae-only"])
+    if not args.skip_lora:
+        rows["lora"] = run_lines([py, "bench/lora_memory.py"])
     LAST_RUN.write_text(
         json.dumps({"rows": rows, "peaks": peaks, "args": vars(args)}, ensure_ascii=False), encoding="utf-8"
     )
     Path(args.output).write_text(render(rows, args, peaks), encoding="utf-8")
     print(f"wrote {args.output}")
+
+
+ESTIMATORS = ("grpo", "rloo", "gae")
+
+
+def run_estimators(args, py: str, trl_py) -> list[dict]:
+    """TRL GRPO and ppo_dist's estimators in turn, per seed: same target, time limit and settings."""
+    target = ["--shape", args.target_shape, "--target", str(args.target), "--time-limit", str(args.time_limit)]
+    out = []
+    for seed in args.seeds:
+        out.append(run([str(trl_py), "bench/trl_grpo.py", *target, "--max-rollouts", "100000", "--seed", str(seed)]))
+        for name in ESTIMATORS:
+            out.append(run([py, "bench/ppo_dist_estimators.py", *target, "--estimator", name, "--seed", str(seed)]))
+    out.append(run([py, "bench/ppo_dist_estimators.py", *target, "--estimator", "grpo", "--compile",
+                    "--seed", str(args.seeds[0])]))  # fmt: skip
+    return out
+
+
+def run_lines(cmd: list[str]) -> list[dict]:
+    """A benchmark that prints one JSON line per measurement: all of them, appended to RESULTS."""
+    print("+", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    with open(RESULTS, "a", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return records
 
 
 def _f(x, digits=3) -> str:
@@ -293,8 +339,143 @@ def render(rows: dict, args, peaks: dict) -> str:
                     "",
                     f"{r['mode']}: one launch failed and was run again (numbers above are from the rerun): `{failure}`",
                 ]
+    lines += render_estimators(rows.get("estimators", []), args)
+    lines += render_long(rows.get("long", []), rows.get("gae", []))
+    lines += render_lora(rows.get("lora", []))
     lines += analysis(rows, args, peaks)
     return "\n".join(lines) + "\n"
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return common.median(xs) if xs else None
+
+
+def render_estimators(rows: list[dict], args) -> list[str]:
+    if not rows:
+        return []
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    lines = [
+        "",
+        f"## Time to a target reward per estimator: ppo_dist vs TRL GRPOTrainer ({args.target_shape} shape)",
+        "",
+        "Identical settings for every system (bench/ppo_dist_estimators.py, bench/trl_grpo.py): the same seeded "
+        "weights, prompts and rule reward; per rollout step 2 prompts x 4 samples, at most 32 new tokens, "
+        "temperature 1; 4 epochs over mini-batches of 2 (16 optimiser steps), lr 1.41e-5 constant, no clipping "
+        "of gradients, clip 0.2, beta 0.2 fixed (grpo: k3 in the loss as TRL; rloo and gae: k1 in the reward), "
+        "fp32. Target: the 5-step moving average of the batch-mean reward reaches "
+        f"{args.target}; each run stops at {args.time_limit:.0f} s. Seeds {', '.join(map(str, args.seeds))}: one row "
+        "per system with the medians over seeds (a run that missed the target counts as its time limit).",
+        "",
+        "| system | reached (of seeds) | median rollout steps to target | median time to target s | s/step | "
+        "optimise s/step | peak RSS MB | value head |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    summary = {}
+    for system in systems:
+        group = [r for r in rows if r["system"] == system]
+        reached = [r for r in group if r.get("reached_target")]
+        steps = _median([r.get("steps_to_target") or r.get("rollout_steps_run") or r.get("steps_run") for r in group])
+        times = _median([r.get("time_to_target_s") or args.time_limit for r in group])
+        summary[system] = (steps, times)
+        lines.append(
+            f"| {system} | {len(reached)}/{len(group)} | {_f(steps, 0)} | {_f(times, 1)} | "
+            f"{_f(_median([r['s_per_step'] for r in group]))} | {_f(_median([r.get('opt_s') for r in group]))} | "
+            f"{_f(_median([r.get('peak_rss_mb') for r in group]), 0)} | {group[0].get('value_head', 'no')} |"
+        )
+    lines += ["", "Per seed:", "", "| system | seed | reached | rollout steps | time to target s | command |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        steps = r.get("steps_to_target") or r.get("rollout_steps_run") or r.get("steps_run")
+        lines.append(
+            f"| {r['system']} | {r.get('seed')} | {r.get('reached_target')} | {steps} | "
+            f"{_f(r.get('time_to_target_s'), 1)} | `{r['command']}` |"
+        )
+    trl, ours = summary.get("trl-grpo"), summary.get("ppo_dist-grpo")
+    if trl and ours and trl[1]:
+        ratio = ours[1] / trl[1]
+        met = ratio <= 0.5 and ours[0] <= trl[0]
+        lines += [
+            "",
+            f"ppo_dist GRPO / TRL GRPO, median time to target: **{ratio:.2f}**; median rollout steps {_f(ours[0], 0)} "
+            f"vs {_f(trl[0], 0)}. Target (≤ 0.5× the time, no more steps): **{'met' if met else 'not met'}**.",
+        ]
+    return lines
+
+
+def render_long(rows: list[dict], gae: list[dict]) -> list[str]:
+    if not rows and not gae:
+        return []
+    lines = [
+        "",
+        "## Long responses (3m shape, batch 8, 1 PPO epoch)",
+        "",
+        "`python bench/long_responses.py`: response lengths forced to spread uniformly from 16 to max_new_tokens; "
+        "GAE with a value head, one optimiser step per rollout. fixed: micro-batches of 2 samples in shuffled "
+        "order; tokens: a token budget of 2 x (16 + max_new_tokens) per micro-batch, samples sorted by length. "
+        "Seconds of the second step, by phase; peak resident memory of that step.",
+        "",
+        "| max new tokens | micro-batches | generate s | logprob passes s | advantages s | update s | step s | "
+        "advantages share | µs per response token | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['max_new_tokens']} | {r['mode']} | {_f(r['gen_s'], 2)} | {_f(r['logprobs_s'], 2)} | "
+            f"{_f(r['advantages_s'], 4)} | {_f(r['update_s'], 2)} | {_f(r['step_s'], 2)} | "
+            f"{100 * r['advantages_frac']:.3f} % | {1e6 * r['s_per_response_token']:.0f} | {r['peak_rss_mb']:.0f} |"
+        )
+    by = {(r["max_new_tokens"], r["mode"]): r for r in rows}
+    longest = max((r["max_new_tokens"] for r in rows), default=None)
+    if longest and (longest, "fixed") in by and (longest, "tokens") in by:
+        ratio = by[(longest, "tokens")]["update_s"] / by[(longest, "fixed")]["update_s"]
+        lines += ["", f"Update time, token budget / fixed size at {longest}: **{ratio:.2f}** (target ≤ 0.7)."]
+    if gae:
+        lines += [
+            "",
+            "GAE alone (`python bench/long_responses.py --gae-only`), B = 8, 2 threads: the blocked reverse scan "
+            "ppo_dist uses vs the T x T decay matrix it replaced.",
+            "",
+            "| T | scan s | T x T matrix s |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {r['T']} | {_f(r['scan_s'], 4)} | {_f(r.get('matrix_s'), 4)} |" for r in gae]
+    return lines
+
+
+def render_lora(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    base = next((r for r in rows if r["mode"] == "full"), rows[0])
+    lines = [
+        "",
+        "## Fitting bigger models: LoRA and gradient checkpointing (GPT-2-medium shape, 2 CPU processes)",
+        "",
+        "`python bench/lora_memory.py`: 24 layers x 1024, vocabulary 50257 (355M parameters), seeded; one "
+        "rollout of 8 prompts x 128 new tokens, one PPO epoch over one mini-batch of 8, GAE with a value head, "
+        "fp32, `train.cpu_malloc_reuse false`. Peak resident memory of the second step, max over the 2 processes.",
+        "",
+        "| mode | trainable parameters | reference | peak MB / process | vs full | s/step | vs full | update s "
+        "| command |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['trainable_params']:,} | {r['reference']} | {r['peak_mb_per_process']} | "
+            f"{r['peak_mb_per_process'] / base['peak_mb_per_process']:.2f} | {_f(r['s_per_step'], 1)} | "
+            f"{r['s_per_step'] / base['s_per_step']:.2f} | {_f(r['update_s'], 1)} | `{r['command']}` |"
+        )
+    lora_gc = next((r for r in rows if r["mode"] == "lora_gc"), None)
+    if lora_gc:
+        mem = lora_gc["peak_mb_per_process"] / base["peak_mb_per_process"]
+        time_ = lora_gc["s_per_step"] / base["s_per_step"]
+        met = mem <= 0.4 and time_ <= 1.3
+        lines += [
+            "",
+            f"LoRA + gradient checkpointing: **{mem:.2f}×** the full fine-tune's peak memory at **{time_:.2f}×** its "
+            f"step time (target ≤ 0.4× at ≤ 1.3×: {'met' if met else 'not met'}).",
+        ]
+    return lines
 
 
 TARGETS = {"3m": 1 / 3, "124m": 1 / 2}  # s/step of ppo_dist / legacy at identical settings

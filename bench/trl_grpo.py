@@ -57,6 +57,7 @@ def parse_args() -> argparse.Namespace:
         help="0 gives the no-learning control: how often the target is hit by sampling noise alone",
     )
     ap.add_argument("--beta", type=float, default=S["init_kl_coef"], help="KL coefficient (0 drops the ref model)")
+    ap.add_argument("--seed", type=int, default=S["seed"], help="training seed (sampling, shuffling)")
     ap.add_argument("--out", help="append the summary JSON line to this file")
     ap.add_argument("--steps-out", help="append the per-rollout-step JSON lines to this file")
     return ap.parse_args()
@@ -96,7 +97,7 @@ def main() -> None:
     config = GRPOConfig(
         output_dir=tmp,
         use_cpu=True,
-        seed=S["seed"],
+        seed=args.seed,
         learning_rate=args.learning_rate,
         lr_scheduler_type="constant",
         warmup_steps=0,
@@ -202,6 +203,7 @@ def main() -> None:
         # steps slower than 3x the median: a sign of CPU contention from outside this process.
         "slow_steps": sum(r["s"] > 3 * s_med for r in timed),
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
+        "seed": args.seed,
         "target": args.target,
         "ma_window": args.ma,
         "reached_target": reached is not None,
