@@ -14,8 +14,8 @@ import copy
 import inspect
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -35,9 +35,9 @@ class ModelLoadError(RuntimeError):
     """A model or tokenizer could not be loaded; the message names the path."""
 
 
-@dataclass
-class TokenScores:
-    """What the engine asks a model for, per response token: ``(B, T)`` float32 tensors."""
+class TokenScores(NamedTuple):
+    """What the engine asks a model for, per response token: ``(B, T)`` float32 tensors. (A named
+    tuple: DeepSpeed ZeRO-3 finds the tensors of a module's output in tuples, not in dataclasses.)"""
 
     logprobs: torch.Tensor
     entropy: torch.Tensor | None = None
@@ -283,8 +283,10 @@ def save_merged_lora(peft_model, lm_state: dict, path: Path, **kwargs) -> None:
     peft_model.save_pretrained(path / ADAPTER_DIR, state_dict=get_peft_model_state_dict(peft_model, lm_state))
     hf = peft_model.get_base_model()
     dtype = next(iter(lm_state.values())).dtype if lm_state else torch.float32
-    # A fresh CPU copy carries the merge, so the live model keeps its adapter (training may go on).
-    base = type(hf)._from_config(copy.deepcopy(hf.config), dtype=dtype)
+    # A fresh CPU copy carries the merge, so the live model keeps its adapter (training may go on). Built
+    # with the class itself, not from_config: under ZeRO-3 that would partition it (zero.Init, a collective
+    # the other processes do not join).
+    base = type(hf)(copy.deepcopy(hf.config)).to(dtype)
     clone = get_peft_model(base, copy.deepcopy(peft_model.peft_config["default"]))
     missing, unexpected = clone.load_state_dict(lm_state, strict=False)
     if unexpected or [k for k in missing if "lora_" in k]:
