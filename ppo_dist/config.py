@@ -31,11 +31,22 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field(s) and value(s)."""
 
 
-def doc_field(default: Any, doc: str) -> Any:
-    """A dataclass field with a one-line doc shown by ``train.py --help``."""
+def doc_field(default: Any, doc: str, choices: typing.Callable[[], typing.Iterable[str]] | None = None) -> Any:
+    """A dataclass field with a one-line doc shown by ``train.py --help``.
+
+    ``choices`` returns the allowed values from the registry that implements them (imported lazily,
+    so that loading a config stays light); ``validate`` and ``--help`` both read it.
+    """
+    metadata = {"doc": doc, "choices": choices}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+        return field(default_factory=lambda d=default: type(d)(d), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _stage_names() -> list[str]:
+    from .stages import stage_names
+
+    return stage_names()
 
 
 SEED_PROMPTS = [
@@ -254,7 +265,47 @@ class CheckpointConfig:
 
 
 @dataclass
+class StageSection:
+    """Settings every TRL-trained stage (sft, rm, dpo) has; a run reads only its own stage's section."""
+
+    batch_size: int = doc_field(
+        16, "global examples per optimiser step over all processes (sft: sequences; rm, dpo: preference pairs)"
+    )
+    gradient_accumulation_steps: int = doc_field(1, "micro-batches accumulated per optimiser step on each process")
+    max_length: int = doc_field(
+        128, "tokens of prompt + completion at most (see the stage for how longer ones are cut)"
+    )
+    eval_fraction: float = doc_field(0.15, "share of the dataset held out (seeded) and evaluated at the end; 0 = none")
+    eval_every: int = doc_field(0, "also evaluate on the held-out part every N optimiser steps; 0 = only at the end")
+
+
+@dataclass
+class SFTSection(StageSection):
+    completion_only_loss: bool = doc_field(
+        True, "prompt/completion data: loss on the completion tokens only (false: on the whole sequence)"
+    )
+    packing: bool = doc_field(False, "pack several sequences into each max_length row (TRL best-fit packing)")
+
+
+@dataclass
+class RMSection(StageSection):
+    center_rewards_coefficient: float | None = doc_field(
+        None, "weight of a (chosen + rejected)^2 term keeping scores near 0 (Eisenstein et al. 2023: 0.01); empty = off"
+    )
+
+
+@dataclass
+class DPOSection(StageSection):
+    beta: float = doc_field(0.1, "DPO beta: strength of the implicit KL to the reference (model.ref_name_or_path)")
+
+
+@dataclass
 class Config:
+    stage: str = doc_field(
+        "ppo",
+        "what this run trains: PPO, or sft / rm / dpo through TRL's trainers (ppo_dist/stages)",
+        choices=_stage_names,
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -264,13 +315,28 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sft: SFTSection = field(default_factory=SFTSection)
+    rm: RMSection = field(default_factory=RMSection)
+    dpo: DPOSection = field(default_factory=DPOSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, Any]:
-        """``{"ppo.cliprange": 0.2, ...}`` for hyperparameter logging."""
-        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+        """``{"stage": "ppo", "ppo.cliprange": 0.2, ...}`` for hyperparameter logging."""
+        out: dict[str, Any] = {}
+        for name, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{name}.{k}": v for k, v in value.items()})
+            else:
+                out[name] = value
+        return out
+
+
+def _top_level_scalars() -> dict[str, dataclasses.Field]:
+    """Fields of :class:`Config` that are values (``stage``), not sections."""
+    hints = typing.get_type_hints(Config)
+    return {f.name: f for f in dataclasses.fields(Config) if not dataclasses.is_dataclass(hints[f.name])}
 
 
 # ---------------------------------------------------------------- loading and overriding
@@ -324,10 +390,14 @@ def from_dict(data: dict, base: Config | None = None) -> Config:
     cfg = base or Config()
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    scalars = _top_level_scalars()
     sections = {f.name for f in dataclasses.fields(Config)}
     for sec_name, values in data.items():
         if sec_name not in sections:
             raise ConfigError(f"unknown config section {sec_name!r}.{_suggest(sec_name, list(sections))}")
+        if sec_name in scalars:
+            setattr(cfg, sec_name, _coerce(sec_name, values, typing.get_type_hints(Config)[sec_name]))
+            continue
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -359,7 +429,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", default=None, help="YAML run config (sections as below)")
     defaults = Config()
+    for name, f in _top_level_scalars().items():
+        choices = f.metadata["choices"]
+        parser.add_argument(
+            f"--{name}",
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar="VALUE",
+            help=f"{f.metadata['doc']} (one of: {', '.join(choices())}; default: {getattr(defaults, name)!r})",
+        )
     for sec in dataclasses.fields(Config):
+        if sec.name in _top_level_scalars():
+            continue
         group = parser.add_argument_group(sec.name)
         for f in dataclasses.fields(getattr(defaults, sec.name)):
             default = getattr(getattr(defaults, sec.name), f.name)
@@ -382,13 +463,16 @@ def parse_args(argv: list[str] | None = None) -> Config:
         raise ConfigError(f"unknown argument {unknown[0]!r}.{_suggest(unknown[0].split('=')[0], options)}")
     overrides = {k: v for k, v in vars(args).items() if k != "config"}
     cfg = from_dict(load_yaml(args.config)) if args.config else Config()
-    nested: dict[str, dict] = {}
+    nested: dict[str, Any] = {}
     for key, raw in overrides.items():
-        sec, name = key.split(".", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
+        if key in _top_level_scalars():
+            nested[key] = raw if isinstance(value, (int, float, bool)) else value
+            continue
+        sec, name = key.split(".", 1)
         if isinstance(value, (int, float, bool)) and typing.get_type_hints(type(getattr(cfg, sec))).get(name) is str:
             value = raw
         nested.setdefault(sec, {})[name] = value
@@ -456,10 +540,38 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(cfg: Config, world_size: int = 1) -> BatchPlan:
-    """Check values and batch arithmetic before anything heavy is loaded."""
-    m, d, r, p, o, t, lg, ck = cfg.model, cfg.data, cfg.rollout, cfg.ppo, cfg.optim, cfg.train, cfg.log, cfg.checkpoint
+def _validate_shared(cfg: Config) -> None:
+    """Checks of the settings every stage reads (model, optim, train, log, checkpoint)."""
+    m, o, t, lg, ck = cfg.model, cfg.optim, cfg.train, cfg.log, cfg.checkpoint
     _check(m.dtype in ("fp32", "bf16", "fp16"), f"model.dtype must be fp32, bf16 or fp16, got {m.dtype!r}")
+    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(
+        o.lr_scheduler in ("constant", "linear", "cosine"),
+        f"optim.lr_scheduler must be constant, linear or cosine, got {o.lr_scheduler!r}",
+    )
+    _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
+    _check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
+    _check(
+        ck.every >= 0 and ck.keep > 0,
+        f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}",
+    )
+
+
+def validate(cfg: Config, world_size: int = 1):
+    """Check values and batch arithmetic before anything heavy is loaded.
+
+    Returns the PPO :class:`BatchPlan`, or for another stage the plan its package derives.
+    """
+    from . import stages
+
+    names = stages.stage_names()
+    _check(cfg.stage in names, f"stage must be one of {', '.join(names)}; got {cfg.stage!r}")
+    stages.check_settings_used(cfg)
+    _validate_shared(cfg)
+    if cfg.stage != "ppo":
+        return stages.validate_stage(cfg, world_size)
+    d, r, p, t, lg = cfg.data, cfg.rollout, cfg.ppo, cfg.train, cfg.log
     _check(d.truncation in ("left", "error"), f"data.truncation must be left or error, got {d.truncation!r}")
     _check(d.max_prompt_length > 0, f"data.max_prompt_length must be > 0, got {d.max_prompt_length}")
     _check(
@@ -484,21 +596,9 @@ def validate(cfg: Config, world_size: int = 1) -> BatchPlan:
     _check(p.kl_coef >= 0, f"ppo.kl_coef must be >= 0, got {p.kl_coef}")
     _check(p.kl_estimator in ("k1", "k3"), f"ppo.kl_estimator must be k1 or k3, got {p.kl_estimator!r}")
     _check(p.kl_target > 0 and p.kl_horizon > 0, "ppo.kl_target and ppo.kl_horizon must be > 0")
-    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-    _check(
-        o.lr_scheduler in ("constant", "linear", "cosine"),
-        f"optim.lr_scheduler must be constant, linear or cosine, got {o.lr_scheduler!r}",
-    )
-    _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
-    _check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
     _check(t.max_bad_steps > 0, f"train.max_bad_steps must be > 0, got {t.max_bad_steps}")
     _check(t.max_kl is None or t.max_kl > 0, f"train.max_kl must be > 0 or empty, got {t.max_kl}")
     _check(t.kl_guard in ("warn", "stop"), f"train.kl_guard must be warn or stop, got {t.kl_guard!r}")
-    _check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
     _check(lg.samples_every >= 0, f"log.samples_every must be >= 0, got {lg.samples_every}")
-    _check(
-        ck.every >= 0 and ck.keep > 0,
-        f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}",
-    )
     cfg.reward.validate()
     return plan_batches(cfg, world_size)

@@ -20,8 +20,9 @@ from .config import ConfigError, DataConfig
 logger = logging.getLogger(__name__)
 
 
-def load_prompt_dataset(cfg: DataConfig):
-    """A ``datasets.Dataset`` with ``cfg.prompt_column`` (other columns are passed to rewards)."""
+def load_dataset_source(cfg: DataConfig):
+    """The ``datasets.Dataset`` named by ``data.path`` or ``data.dataset_name`` (split ``data.split``),
+    or None when neither is set."""
     import datasets
 
     if cfg.path:
@@ -41,11 +42,21 @@ def load_prompt_dataset(cfg: DataConfig):
     elif cfg.dataset_name:
         ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config, split=cfg.split)
     else:
-        ds = datasets.Dataset.from_dict({cfg.prompt_column: [str(p) for p in cfg.prompts]})
+        return None
     if isinstance(ds, datasets.DatasetDict):
         if cfg.split not in ds:
             raise ConfigError(f"data.split {cfg.split!r} not in the dataset; available splits: {', '.join(ds)}")
         ds = ds[cfg.split]
+    return ds
+
+
+def load_prompt_dataset(cfg: DataConfig):
+    """A ``datasets.Dataset`` with ``cfg.prompt_column`` (other columns are passed to rewards)."""
+    import datasets
+
+    ds = load_dataset_source(cfg)
+    if ds is None:
+        ds = datasets.Dataset.from_dict({cfg.prompt_column: [str(p) for p in cfg.prompts]})
     if cfg.prompt_column not in ds.column_names:
         raise ConfigError(
             f"data.prompt_column {cfg.prompt_column!r} not in the dataset; available columns: "
