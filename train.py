@@ -4,6 +4,7 @@
 TRL's trainers (see ``ppo_dist/stages``); the launch, exit codes and outputs are the same for all.
 """
 
+import gc
 import logging
 import os
 import signal
@@ -48,4 +49,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        # Exclude everything alive from the interpreter's final garbage collection: walking the object
+        # graph of torch/transformers/trl takes seconds at exit, and a stopped job should leave at once
+        # (a launcher SIGTERMs the other processes as soon as one has exited).
+        gc.freeze()

@@ -65,6 +65,14 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def split_held_out(dataset, fraction: float, seed: int):
+    """(train, held-out): ``ceil(fraction * n)`` examples held out by a seeded shuffle; held-out None for 0."""
+    if fraction == 0:
+        return dataset, None
+    split = dataset.train_test_split(test_size=math.ceil(fraction * len(dataset)), seed=seed)
+    return split["train"], split["test"]
+
+
 class StopOnSignal(TrainerCallback):
     """SIGUSR1/SIGTERM/SIGINT: stop at the end of the current optimiser step, on every process together.
 
@@ -123,6 +131,8 @@ class StageRunner:
     def __init__(self, cfg: Config):
         self.plan = validate(cfg, distributed.world_size_from_env())  # before any model is loaded
         tracking.check_trackers(cfg.log.trackers)
+        # TRL gathers metrics outside a dataloader at every step; accelerate logs that each time at INFO.
+        logging.getLogger("accelerate.accelerator").setLevel(logging.WARNING)
         self.cfg, self.name, self.section = cfg, cfg.stage, getattr(cfg, cfg.stage)
         self.out = Path(cfg.train.output_dir)
         _check_writable(self.out)
@@ -275,13 +285,10 @@ class StageRunner:
         self.check_format(ds, columns)
         ds = ds.select_columns(list(columns))
         fraction = self.section.eval_fraction
-        if fraction == 0:
-            return self.prepare(ds), None
-        n_eval = math.ceil(fraction * len(ds))
-        if n_eval >= len(ds):
+        if fraction > 0 and math.ceil(fraction * len(ds)) >= len(ds):
             raise ConfigError(f"{self.name}.eval_fraction={fraction} of {len(ds)} examples leaves nothing to train on")
-        split = ds.train_test_split(test_size=n_eval, seed=self.cfg.train.seed)
-        return self.prepare(split["train"]), self.prepare(split["test"])
+        train, held_out = split_held_out(ds, fraction, self.cfg.train.seed)
+        return self.prepare(train), None if held_out is None else self.prepare(held_out)
 
     def causal_lm(self, name_or_path: str | None):
         """A causal LM from ``name_or_path``, or the embedded tiny GPT-2 when empty."""
