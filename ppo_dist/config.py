@@ -3,7 +3,8 @@
 Convention: ``python train.py --config configs/default.yaml --ppo.cliprange 0.1 --train.total_steps 20``.
 Every field below is a command-line option ``--<section>.<field>``; values are parsed as YAML
 (``--reward.functions '[chinese_rule, length]'`` works). ``train.py --help`` prints every field
-with its doc and default.
+with its doc and default. The top-level ``stage`` (``--stage``) picks ppo or one of the TRL-trained
+stages (sft, rm, dpo; see :mod:`ppo_dist.stages`), which read their own section (``sft``, ``rm``, ``dpo``).
 
 Batch vocabulary (all sizes count prompts/samples, not tokens):
   rollout.batch_size          global: prompts generated per PPO step over all processes

@@ -52,7 +52,8 @@ class Runner(StageRunner):
         if bad:
             raise ConfigError(
                 f"data: stage rm needs plain-text {', '.join(columns)} columns (PPO's reward_model scores "
-                f"prompt + completion text); {', '.join(bad)} holds {type(row[bad[0]]).__name__}"
+                f"prompt + completion text); {', '.join(bad)} {'holds' if len(bad) == 1 else 'hold'} "
+                f"{type(row[bad[0]]).__name__} values"
             )
 
     def prepare(self, dataset):

@@ -199,7 +199,18 @@ class StageRunner:
         raise NotImplementedError
 
     def check_format(self, dataset, columns: tuple[str, ...]) -> None:
-        """Stage-specific checks of the data (types, chat template); ``columns`` is the matched column set."""
+        """Checks of the data's format; ``columns`` is the matched column set. Conversations (lists of
+        messages) need a tokenizer with a chat template."""
+        conversational = [c for c in columns if isinstance(dataset[0][c], list)]
+        if conversational and not getattr(self.tokenizer, "chat_template", None):
+            m = self.cfg.model
+            source = m.tokenizer_name_or_path or m.name_or_path
+            raise ConfigError(
+                f"data: {', '.join(conversational)} {'holds' if len(conversational) == 1 else 'hold'} conversations, "
+                "which need a tokenizer with a chat template; "
+                f"{f'the tokenizer of {source!r}' if source else 'the embedded tokenizer'} has none. Use plain-text "
+                "columns or a chat model's tokenizer (model.tokenizer_name_or_path)"
+            )
 
     def prepare(self, dataset):
         """The dataset as handed to the TRL trainer (default: unchanged)."""

@@ -9,7 +9,6 @@ is a valid ``model.name_or_path`` for the rm, dpo and ppo stages.
 
 from __future__ import annotations
 
-from ..config import ConfigError
 from ..pipeline_data import sft_examples
 from .runner import StageRunner
 
@@ -35,12 +34,7 @@ class Runner(StageRunner):
         return sft_examples()
 
     def check_format(self, dataset, columns) -> None:
-        if columns == ("messages",) and not getattr(self.tokenizer, "chat_template", None):
-            raise ConfigError(
-                "data: the messages column needs a tokenizer with a chat template, and "
-                f"{self.cfg.model.tokenizer_name_or_path or self.cfg.model.name_or_path or 'the embedded tokenizer'!r} "
-                "has none; use prompt + completion columns or a chat model's tokenizer"
-            )
+        super().check_format(dataset, columns)
         if columns != ("prompt", "completion"):
             self.args.completion_only_loss = None  # only defined for prompt/completion data
 
