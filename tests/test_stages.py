@@ -79,6 +79,10 @@ def _run_script(stage: str, out: Path, extra: list[str], zero2: bool) -> str:
 def _run_stage(stage: str, tmp_path_factory, extra: list[str]) -> StageRuns:
     root = tmp_path_factory.mktemp(stage)
     ddp_log = _run_script(stage, root / "ddp", extra, zero2=False)
+    # What a run killed while writing a checkpoint leaves: a checkpoint directory without the marker.
+    leftover = root / "zero2" / "checkpoints" / "checkpoint-3"
+    leftover.mkdir(parents=True)
+    (leftover / "trainer_state.json").write_text('{"global_step": 3, "log_hi')
     zero2_log = _run_script(stage, root / "zero2", extra, zero2=True)
     return StageRuns(stage, root / "ddp", root / "zero2", ddp_log, zero2_log)
 
@@ -128,6 +132,11 @@ def test_stage_stops_on_sigusr1_resumes_and_matches_zero2(stage, request):
     assert _final_step(runs.ddp) == _final_step(runs.zero2) == total
     assert (runs.ddp / "final_model" / "config.json").is_file() and (runs.zero2 / "final_model").is_dir()
     assert "ZeRO stage 2" in runs.zero2_log and "ZeRO stage 0" in log
+    # The ZeRO-2 run (--checkpoint.resume auto) found only an unmarked, half-written checkpoint: it
+    # removed it and started from step 0.
+    assert "removing incomplete checkpoint" in runs.zero2_log
+    assert not (runs.zero2 / "checkpoints" / "checkpoint-3").exists()
+    assert [m.group(1) for m in READY.finditer(runs.zero2_log)] == ["0", "0"]
     # ... and logged the same curve (TensorBoard dropped nothing twice) and the same held-out metrics.
     ddp, zero2 = plot.read_scalars(runs.ddp), plot.read_scalars(runs.zero2)
     steps, losses = ddp["train/loss"]

@@ -111,11 +111,11 @@ class MarkComplete(TrainerCallback):
     """Marks a checkpoint complete once every process has returned from writing it."""
 
     def on_save(self, args, state, control, **kwargs):
-        state_ = PartialState()
-        state_.wait_for_everyone()
+        processes = PartialState()
+        processes.wait_for_everyone()
         if state.is_world_process_zero:
             (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE).write_text(str(state.global_step))
-        state_.wait_for_everyone()
+        processes.wait_for_everyone()
 
 
 class StageRunner:
@@ -145,14 +145,6 @@ class StageRunner:
             transformers.utils.logging.disable_progress_bar()
         if self.args.device.type == "cpu" and cfg.train.cpu_malloc_reuse:
             distributed.reuse_freed_cpu_memory()
-        state = PartialState()
-        logger.info(
-            "stage %s: %s on %d process(es), device %s",
-            self.name,
-            state.distributed_type.value,
-            state.num_processes,
-            state.device,
-        )
         self.tokenizer = load_tokenizer(cfg.model)
         train_data, held_out = self.datasets()
         set_seed(cfg.train.seed)  # the embedded model and any new head are seeded
