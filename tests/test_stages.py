@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from ppo_dist import plot
 from ppo_dist.config import ConfigError, from_dict, validate
@@ -155,10 +158,31 @@ def test_sft_learns_the_demonstrations(sft):
 
 
 @pytest.mark.distributed
+def test_rerun_after_the_final_checkpoint_trains_no_further_step(sft, tmp_path):
+    """Stopped between the last checkpoint and the final model: the rerun writes the model, nothing more."""
+    total = sft.total
+    shutil.copytree(sft.ddp / "checkpoints" / f"checkpoint-{total}", tmp_path / "checkpoints" / f"checkpoint-{total}")
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/rlhf/sft.yaml", "--train.output_dir", str(tmp_path)]
+        + ["--checkpoint.resume", "auto", "--log.progress_bar", "false"],
+        cwd=REPO,
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nothing left to train" in proc.stderr and f"sft: {total} steps" in proc.stdout
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [f"checkpoint-{total}"]
+    final = load_file(str(tmp_path / "final_model" / "model.safetensors"))
+    trained = load_file(str(sft.ddp / "final_model" / "model.safetensors"))
+    assert final.keys() == trained.keys() and all(torch.equal(final[k], trained[k]) for k in final)
+
+
+@pytest.mark.distributed
 def test_reward_model_ranks_held_out_pairs_as_ppo_scores_them(rm):
     """The rm stage's output is a valid reward.model_path: PPO's scorer ranks the held-out pairs."""
     import datasets
-    import torch
 
     from ppo_dist.pipeline_data import preference_pairs
     from ppo_dist.rewards import RewardModelScorer

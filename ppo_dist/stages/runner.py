@@ -37,7 +37,8 @@ import signal
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers import TrainerCallback, set_seed
+from transformers import TrainerCallback, TrainerState, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 
 from .. import distributed, tracking, zero
 from ..checkpoint import COMPLETE, CheckpointError
@@ -347,20 +348,47 @@ class StageRunner:
         resume_step = int((resume / COMPLETE).read_text()) if resume else 0
         if resume:
             logger.info("resuming from %s (step %d)", resume, resume_step)
-        self._tensorboard(resume_step)
-        self.stopper.install()
-        self.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        state = self.trainer.state
-        if self.stopper.stopped and state.global_step < state.max_steps:
-            logger.warning("stopping on signal after step %d; checkpoint saved", state.global_step)
-            raise Preempted(state.global_step)
-        if self.cfg.train.save_final_model:
-            self.trainer.save_model(str(self.out / "final_model"))
+        final = self.out / "final_model"
+        if resume_step >= self.cfg.train.total_steps:
+            # Stopped after the last checkpoint (e.g. while saving the final model). The Trainer would
+            # still take one more step when resumed there, so the checkpoint is the result.
+            logger.info(
+                "checkpoint %s is at step %d of train.total_steps=%d: nothing left to train",
+                resume,
+                resume_step,
+                self.cfg.train.total_steps,
+            )
+            self.trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE_NAME))
+            if self.cfg.train.save_final_model:
+                self._save_from_checkpoint(resume, final)
+        else:
+            self._tensorboard(resume_step)
+            self.stopper.install()
+            self.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            state = self.trainer.state
+            if self.stopper.stopped and state.global_step < state.max_steps:
+                logger.warning("stopping on signal after step %d; checkpoint saved", state.global_step)
+                raise Preempted(state.global_step)
+            if self.cfg.train.save_final_model:
+                self.trainer.save_model(str(final))
         results = self.results()
         if PartialState().is_main_process:
             (self.out / "eval_results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
             print(self.summary_line(results), flush=True)
         return results
+
+    def _save_from_checkpoint(self, checkpoint: Path, final: Path) -> None:
+        """``final_model/`` from a checkpoint's model weights (written there by the Trainer's save_model)."""
+        processes = PartialState()
+        if processes.is_main_process:
+            model_class = type(self.trainer.accelerator.unwrap_model(self.trainer.model))
+            try:
+                model = model_class.from_pretrained(str(checkpoint))
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"cannot load the model weights of {checkpoint}: {e}") from None
+            model.save_pretrained(str(final))
+            self.tokenizer.save_pretrained(str(final))
+        processes.wait_for_everyone()
 
     def results(self) -> dict:
         """Headline metrics: first and last logged training values and the last held-out evaluation."""
