@@ -379,13 +379,13 @@ class StageRunner:
 
     def _save_from_checkpoint(self, checkpoint: Path, final: Path) -> None:
         """``final_model/`` from a checkpoint's model weights (written there by the Trainer's save_model)."""
+        model_class = type(self.trainer.accelerator.unwrap_model(self.trainer.model))
+        try:  # on every process, so that all fail together
+            model = model_class.from_pretrained(str(checkpoint))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot load the model weights of {checkpoint}: {e}") from None
         processes = PartialState()
         if processes.is_main_process:
-            model_class = type(self.trainer.accelerator.unwrap_model(self.trainer.model))
-            try:
-                model = model_class.from_pretrained(str(checkpoint))
-            except (OSError, ValueError) as e:
-                raise CheckpointError(f"cannot load the model weights of {checkpoint}: {e}") from None
             model.save_pretrained(str(final))
             self.tokenizer.save_pretrained(str(final))
         processes.wait_for_everyone()
@@ -401,7 +401,7 @@ class StageRunner:
             return sum(values) / len(values) if values else float("nan")
 
         evals = [h for h in history if "eval_loss" in h]
-        held_out = {k_[5:]: v for k_, v in evals[-1].items() if k_.startswith("eval_")} if evals else {}
+        held_out = {key[5:]: v for key, v in evals[-1].items() if key.startswith("eval_")} if evals else {}
         return {
             "stage": self.name,
             "global_step": self.trainer.state.global_step,
