@@ -2,7 +2,7 @@
 
 Data: ``prompt`` / ``chosen`` / ``rejected`` (plain text, or conversations with a chat template).
 The policy starts from ``model.name_or_path`` (typically the sft stage's ``final_model/``); the
-frozen reference is ``model.ref_name_or_path``, or a copy of the starting policy. Sequences longer
+frozen reference is ``model.ref_name_or_path``, or the starting model loaded once more. Sequences longer
 than ``dpo.max_length`` tokens are cut (the start is kept). TensorBoard gets
 ``train/rewards/margins`` and ``train/rewards/accuracies`` (the implicit reward
 ``beta * log(pi / pi_ref)`` of chosen minus rejected, and how often it is positive), and the same on
@@ -11,9 +11,9 @@ the held-out pairs under ``eval/``. Output: ``final_model/``, a causal LM.
 
 from __future__ import annotations
 
-import copy
+from transformers import set_seed
 
-from ..models import freeze, load_causal_lm
+from ..models import freeze
 from ..pipeline_data import preference_pairs
 from .runner import StageRunner
 
@@ -41,9 +41,8 @@ class Runner(StageRunner):
         return self.causal_lm(self.cfg.model.name_or_path)
 
     def trainer_kwargs(self, model) -> dict:
+        # Loaded (or, for the embedded model, rebuilt from the same seed) rather than deep-copied from the
+        # policy: a copy breaks the reference's parameter gathering under ZeRO-3.
+        set_seed(self.cfg.train.seed)
         m = self.cfg.model
-        if m.ref_name_or_path:
-            ref = load_causal_lm(m.ref_name_or_path, trust_remote_code=m.trust_remote_code)
-        else:
-            ref = copy.deepcopy(model)
-        return {"ref_model": freeze(ref)}
+        return {"ref_model": freeze(self.causal_lm(m.ref_name_or_path or m.name_or_path))}
