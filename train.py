@@ -1,6 +1,10 @@
-"""Distributed PPO training: ``accelerate launch train.py --config configs/default.yaml [--section.field value "
-"...]``."""
+"""Training entry point: ``accelerate launch train.py --config CONFIG.yaml [--section.field value ...]``.
 
+``stage`` in the config (``--stage``) picks what is trained: ppo (default), or sft, rm, dpo through
+TRL's trainers (see ``ppo_dist/stages``); the launch, exit codes and outputs are the same for all.
+"""
+
+import gc
 import logging
 import os
 import signal
@@ -25,10 +29,12 @@ def main(argv=None) -> int:
     from ppo_dist.checkpoint import CheckpointError
     from ppo_dist.models import ModelLoadError
     from ppo_dist.rewards import RewardError
+    from ppo_dist.stages import runner_class
     from ppo_dist.trainer import KLGuardError, NumericsError, Trainer
 
+    build = Trainer if cfg.stage == "ppo" else runner_class(cfg.stage)  # sft, rm, dpo: the same interface
     try:
-        trainer = Trainer(cfg)
+        trainer = build(cfg)
     except (ConfigError, ModelLoadError) as e:  # found while building: before any training or saving
         print(f"{'config' if isinstance(e, ConfigError) else 'model'} error: {e}", file=sys.stderr)
         return 2
@@ -52,6 +58,10 @@ def _exit(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    # Exclude everything alive from the interpreter's final garbage collection: walking the object graph
+    # of torch/transformers/trl takes seconds at exit, and a stopped job should leave at once (a launcher
+    # SIGTERMs the other processes as soon as one has exited).
+    gc.freeze()
     sys.exit(code)
 
 

@@ -27,12 +27,13 @@ def _plot_arguments(p: argparse.ArgumentParser) -> None:
         "run_dir", metavar="RUN_DIR", type=Path, help="run directory; TensorBoard event files are searched recursively"
     )
     p.add_argument("-o", "--output", type=Path, default=None, help="PNG to write (default: RUN_DIR/curves.png)")
-    p.add_argument("--title", default=None, help="figure title (default: 'PPO 训练曲线 — <run dir name>')")
+    p.add_argument("--title", default=None, help="figure title (default: '<PPO|SFT|RM|DPO> 训练曲线 — <run dir name>')")
     p.add_argument(
         "--tags",
         default=None,
         help="comma-separated tags or globs to plot, e.g. 'env/reward_mean,ppo/loss/*' "
-        "(default: the standard reward / KL / loss / entropy panels)",
+        "(default: the standard panels of what the run logged: PPO reward / KL / loss / entropy; sft, rm, dpo loss / "
+        "accuracy / reward margin)",
     )
 
 

@@ -3,7 +3,8 @@
 Convention: ``python train.py --config configs/default.yaml --ppo.cliprange 0.1 --train.total_steps 20``.
 Every field below is a command-line option ``--<section>.<field>``; values are parsed as YAML
 (``--reward.functions '[chinese_rule, length]'`` works). ``train.py --help`` prints every field
-with its doc and default.
+with its doc and default. The top-level ``stage`` (``--stage``) picks ppo or one of the TRL-trained
+stages (sft, rm, dpo; see :mod:`ppo_dist.stages`), which read their own section (``sft``, ``rm``, ``dpo``).
 
 Batch vocabulary (all sizes count prompts/samples, not tokens):
   rollout.batch_size          global: prompts generated per PPO step over all processes
@@ -58,6 +59,12 @@ def _algos_registry(name: str) -> typing.Callable[[], list[str]]:
         return list(getattr(algos, name))
 
     return names
+
+
+def _stage_names() -> list[str]:
+    from .stages import stage_names
+
+    return stage_names()
 
 
 # reward.on_invalid: what rewards.Reward does with a NaN/inf/None value.
@@ -338,8 +345,47 @@ class CheckpointConfig:
 
 
 @dataclass
+class StageSection:
+    """Settings every TRL-trained stage (sft, rm, dpo) has; a run reads only its own stage's section."""
+
+    batch_size: int = doc_field(
+        16, "global examples per optimiser step over all processes (sft: sequences; rm, dpo: preference pairs)"
+    )
+    gradient_accumulation_steps: int = doc_field(1, "micro-batches accumulated per optimiser step on each process")
+    max_length: int = doc_field(
+        128, "tokens of prompt + completion at most (see the stage for how longer ones are cut)"
+    )
+    eval_fraction: float = doc_field(0.15, "share of the dataset held out (seeded) and evaluated at the end; 0 = none")
+    eval_every: int = doc_field(0, "also evaluate on the held-out part every N optimiser steps; 0 = only at the end")
+
+
+@dataclass
+class SFTSection(StageSection):
+    completion_only_loss: bool = doc_field(
+        True, "prompt/completion data: loss on the completion tokens only (false: on the whole sequence)"
+    )
+    packing: bool = doc_field(False, "pack several sequences into each max_length row (TRL best-fit packing)")
+
+
+@dataclass
+class RMSection(StageSection):
+    center_rewards_coefficient: float | None = doc_field(
+        None, "weight of a (chosen + rejected)^2 term keeping scores near 0 (Eisenstein et al. 2023: 0.01); empty = off"
+    )
+
+
+@dataclass
+class DPOSection(StageSection):
+    beta: float = doc_field(0.1, "DPO beta: strength of the implicit KL to the reference (model.ref_name_or_path)")
+
+
+@dataclass
 class Config:
-    stage: str = doc_field("ppo", "what this run trains", choices=lambda: ("ppo",))
+    stage: str = doc_field(
+        "ppo",
+        "what this run trains: PPO, or sft / rm / dpo through TRL's trainers (ppo_dist/stages)",
+        choices=_stage_names,
+    )
     model: ModelConfig = section(ModelConfig, "policy, reference and tokenizer")
     data: DataConfig = section(DataConfig, "prompts")
     rollout: RolloutConfig = section(RolloutConfig, "sampling responses")
@@ -349,6 +395,9 @@ class Config:
     train: TrainConfig = section(TrainConfig, "run length, output, numerics guards")
     log: LogConfig = section(LogConfig, "trackers and logging cadence")
     checkpoint: CheckpointConfig = section(CheckpointConfig, "checkpoints and resume")
+    sft: SFTSection = section(SFTSection, "stage sft: supervised fine-tuning (TRL SFTTrainer)")
+    rm: RMSection = section(RMSection, "stage rm: reward model on preference pairs (TRL RewardTrainer)")
+    dpo: DPOSection = section(DPOSection, "stage dpo: direct preference optimisation (TRL DPOTrainer)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -593,12 +642,32 @@ def _check_choices(cfg: Config) -> None:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {values[name]!r}")
 
 
-def validate(cfg: Config, world_size: int = 1) -> BatchPlan:
-    """Check values and batch arithmetic before anything heavy is loaded."""
-    from . import algos  # the estimator registries (torch only)
+def _validate_shared(cfg: Config) -> None:
+    """Checks of the settings every stage reads (model, optim, train, log, checkpoint)."""
+    o, t, lg, ck = cfg.optim, cfg.train, cfg.log, cfg.checkpoint
+    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
+    _check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
+    _check(
+        ck.every >= 0 and ck.keep > 0,
+        f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}",
+    )
+
+
+def validate(cfg: Config, world_size: int = 1):
+    """Check values and batch arithmetic before anything heavy is loaded.
+
+    Returns the PPO :class:`BatchPlan`, or for another stage the plan its package derives.
+    """
+    from . import algos, stages  # the registries (algos: torch only; stages: no heavy imports)
 
     _check_choices(cfg)
-    m, d, r, p, o, t, lg, ck = cfg.model, cfg.data, cfg.rollout, cfg.ppo, cfg.optim, cfg.train, cfg.log, cfg.checkpoint
+    stages.check_settings_used(cfg)
+    _validate_shared(cfg)
+    if cfg.stage != "ppo":
+        return stages.validate_stage(cfg, world_size)
+    m, d, r, p, t, lg = cfg.model, cfg.data, cfg.rollout, cfg.ppo, cfg.train, cfg.log
     _check(d.max_prompt_length > 0, f"data.max_prompt_length must be > 0, got {d.max_prompt_length}")
     _check(
         bool(d.path or d.dataset_name or d.prompts),
@@ -639,16 +708,8 @@ def validate(cfg: Config, world_size: int = 1) -> BatchPlan:
         t.max_kl is None or p.kl_coef > 0,
         "train.max_kl needs a reference model to measure the KL against, but ppo.kl_coef=0 builds none",
     )
-    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-    _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
-    _check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
     _check(t.max_bad_steps > 0, f"train.max_bad_steps must be > 0, got {t.max_bad_steps}")
     _check(t.max_kl is None or t.max_kl > 0, f"train.max_kl must be > 0 or empty, got {t.max_kl}")
-    _check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
     _check(lg.samples_every >= 0, f"log.samples_every must be >= 0, got {lg.samples_every}")
-    _check(
-        ck.every >= 0 and ck.keep > 0,
-        f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}",
-    )
     cfg.reward.validate()
     return plan_batches(cfg, world_size)

@@ -33,12 +33,10 @@ logger = logging.getLogger(__name__)
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def load_prompt_dataset(cfg: DataConfig):
-    """A ``datasets.Dataset`` with ``cfg.prompt_column`` (other columns are passed to rewards).
-
-    Raises ``ConfigError`` (one line, naming the file and line or row) when the source cannot be
-    read or parsed, lacks the column, is empty, or has a prompt that is not text or is empty.
-    """
+def load_dataset_source(cfg: DataConfig):
+    """The ``datasets.Dataset`` named by ``data.path`` or ``data.dataset_name`` (split ``data.split``),
+    or None when neither is set. Raises ``ConfigError`` (one line, naming the file and the line or
+    row where it is knowable) when the source cannot be read or parsed."""
     import datasets
 
     if cfg.path:
@@ -70,12 +68,26 @@ def load_prompt_dataset(cfg: DataConfig):
         except Exception as e:  # noqa: BLE001 - not found, no network, bad split: reported in one line
             raise ConfigError(f"{source}: {_root_cause(e)}") from e
     else:
-        source = "data.prompts"
-        ds = datasets.Dataset.from_dict({cfg.prompt_column: [str(p) for p in cfg.prompts]})
+        return None
     if isinstance(ds, datasets.DatasetDict):
         if cfg.split not in ds:
             raise ConfigError(f"data.split {cfg.split!r} not in the dataset; available splits: {', '.join(ds)}")
         ds = ds[cfg.split]
+    return ds
+
+
+def load_prompt_dataset(cfg: DataConfig):
+    """A ``datasets.Dataset`` with ``cfg.prompt_column`` (other columns are passed to rewards).
+
+    Raises ``ConfigError`` (one line, naming the file and line or row) when the source cannot be
+    read or parsed, lacks the column, is empty, or has a prompt that is not text or is empty.
+    """
+    import datasets
+
+    ds = load_dataset_source(cfg)
+    source = cfg.path or (f"data.dataset_name {cfg.dataset_name!r}" if cfg.dataset_name else "data.prompts")
+    if ds is None:
+        ds = datasets.Dataset.from_dict({cfg.prompt_column: [str(p) for p in cfg.prompts]})
     if cfg.prompt_column not in ds.column_names:
         raise ConfigError(
             f"data.prompt_column {cfg.prompt_column!r} not in the dataset; available columns: "

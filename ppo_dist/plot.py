@@ -166,6 +166,8 @@ class Panel:
         return self.tags + self.twin_tags
 
 
+# PPO's panels first, then those of the TRL stages (sft, rm, dpo: ``train/*`` and ``eval/*`` tags);
+# a run shows the panels whose tags it logged.
 PANELS = (
     Panel(
         title="奖励 reward",
@@ -183,13 +185,45 @@ PANELS = (
     Panel(
         title="损失 loss",
         ylabel="损失 loss",
-        tags=("ppo/loss/policy", "ppo/loss/value", "ppo/loss/total"),
+        tags=("ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "train/loss", "eval/loss"),
     ),
     Panel(
         title="熵 entropy",
         ylabel="熵 entropy",
-        tags=("objective/entropy",),
+        tags=("objective/entropy", "train/entropy", "eval/entropy"),
     ),
+    Panel(
+        title="偏好准确率 preference accuracy",
+        ylabel="准确率 accuracy",
+        tags=(
+            "train/accuracy",  # rm: chosen scored above rejected
+            "eval/accuracy",
+            "train/rewards/accuracies",  # dpo: implicit reward of chosen above rejected
+            "eval/rewards/accuracies",
+        ),
+    ),
+    Panel(
+        title="词元准确率 token accuracy",
+        ylabel="准确率 accuracy",
+        tags=("train/mean_token_accuracy", "eval/mean_token_accuracy"),  # next-token accuracy (sft, dpo)
+    ),
+    Panel(
+        title="奖励差 reward margin (chosen − rejected)",
+        ylabel="奖励差 margin",
+        tags=("train/margin", "eval/margin", "train/rewards/margins", "eval/rewards/margins"),
+    ),
+    Panel(
+        title="隐式奖励 implicit reward (DPO)",
+        ylabel="奖励 reward",
+        tags=("train/rewards/chosen", "train/rewards/rejected", "eval/rewards/chosen", "eval/rewards/rejected"),
+    ),
+)
+# A tag only one kind of run logs -> the name in the default title.
+RUN_KINDS = (
+    ("env/reward_mean", "PPO"),
+    ("train/rewards/margins", "DPO"),
+    ("train/margin", "RM"),
+    ("train/mean_token_accuracy", "SFT"),
 )
 STEP_LABEL = "步数 step"
 
@@ -287,10 +321,11 @@ def plot_run(
     """Render the training curves of ``run_dir`` to the PNG ``out_path``; returns its path.
 
     Panels (each only if its tags were logged): reward (``env/reward_mean`` ± ``env/reward_std``),
-    KL (``objective/kl``, ``objective/kl_coef`` on a twin axis), losses (``ppo/loss/*``),
-    entropy (``objective/entropy``). ``tags`` (names or globs) restricts the plot to those tags;
-    selected tags outside the standard panels get a panel each. Default title:
-    ``"PPO 训练曲线 — <run dir name>"``.
+    KL (``objective/kl``, ``objective/kl_coef`` on a twin axis), losses (``ppo/loss/*``, or the
+    sft/rm/dpo stages' ``train/loss`` and ``eval/loss``), entropy, and for those stages accuracy,
+    reward margin and DPO's implicit rewards (see ``PANELS``). ``tags`` (names or globs) restricts
+    the plot to those tags; selected tags outside the standard panels get a panel each. Default
+    title: ``"<PPO|SFT|RM|DPO> 训练曲线 — <run dir name>"``.
     """
     # A bare Figure on an Agg canvas: no pyplot, so the caller's backend and figures are untouched.
     import matplotlib
@@ -307,7 +342,8 @@ def plot_run(
             f"Pass --tags to plot others."
         )
     if title is None:
-        title = f"PPO 训练曲线 — {run_dir.resolve().name}"
+        kind = next((name for tag, name in RUN_KINDS if tag in scalars), "")
+        title = f"{kind} 训练曲线 — {run_dir.resolve().name}".strip()
 
     rc: dict = {"axes.unicode_minus": False}
     font = find_cjk_font()

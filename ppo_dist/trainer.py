@@ -36,7 +36,7 @@ class Trainer:
     def __init__(self, cfg: Config, reward: Reward | None = None):
         plan = validate(cfg, distributed.world_size_from_env())  # before any model is loaded
         tracking.check_trackers(cfg.log.trackers)
-        _check_writable(Path(cfg.train.output_dir))
+        check_writable(Path(cfg.train.output_dir))
         self.cfg, self.plan = cfg, plan
         # Inputs first: a bad reward spec or prompt file is a config error before any process group or model.
         self.reward = reward or build_reward(cfg.reward)
@@ -175,7 +175,7 @@ class Trainer:
         distributed.shutdown(self.accelerator)
 
 
-def _check_writable(path: Path) -> None:
+def check_writable(path: Path) -> None:
     """Fail before any model loads when ``train.output_dir`` cannot hold checkpoints."""
     try:
         path.mkdir(parents=True, exist_ok=True)

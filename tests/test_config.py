@@ -80,7 +80,7 @@ def test_help_documents_every_field():
     out = subprocess.run(
         [sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
     ).stdout
-    for name in Config().flat():  # nested sections too: --model.lora.r
+    for name in Config().flat():  # top-level values (--stage) and nested sections (--model.lora.r) too
         assert f"--{name} " in out, name
     flat = " ".join(out.split())
     assert "PPO steps to run (the data cycles as needed) (default: 150)" in flat
