@@ -283,7 +283,7 @@ def test_stage_settings_are_checked_before_anything_loads():
         ConfigError, match=r"rm.batch_size=16 must be divisible by the world size x rm.gradient_accumulation_steps"
     ):
         validate(from_dict({"stage": "rm", "rm": {"gradient_accumulation_steps": 3}}), world_size=2)
-    with pytest.raises(ConfigError, match=r"unknown key sft.batchsize.*Did you mean: batch_size"):
+    with pytest.raises(ConfigError, match=r"unknown key 'sft.batchsize'. Did you mean: batch_size"):
         from_dict({"sft": {"batchsize": 8}})
     plan = validate(from_dict({"stage": "dpo", "dpo": {"batch_size": 8, "gradient_accumulation_steps": 2}}), 2)
     assert plan.local_micro_batch_size == 2
