@@ -32,8 +32,8 @@ def main(argv=None) -> int:
     from ppo_dist.stages import runner_class
     from ppo_dist.trainer import KLGuardError, NumericsError, Trainer
 
-    build = Trainer if cfg.stage == "ppo" else runner_class(cfg.stage)  # sft, rm, dpo: the same interface
     try:
+        build = Trainer if cfg.stage == "ppo" else runner_class(cfg.stage)  # sft, rm, dpo: the same interface
         trainer = build(cfg)
     except (ConfigError, ModelLoadError) as e:  # found while building: before any training or saving
         print(f"{'config' if isinstance(e, ConfigError) else 'model'} error: {e}", file=sys.stderr)

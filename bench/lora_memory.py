@@ -4,9 +4,12 @@ gradient checkpointing, 2 CPU processes.
 The model: 24 layers x 1024, 16 heads, GPT-2's vocabulary size 50257, seeded, built from a config
 into bench/out/models/gpt2-medium (with the embedded tokenizer; sampling is restricted to its 512
 tokens, the logits and the LM head keep the full 50257). One rollout of 8 prompts (4 per process),
-128 new tokens, 1 PPO epoch over one mini-batch of 8, GAE with a value head, fp32,
-``train.cpu_malloc_reuse false`` so that the resident set follows live memory. Per mode: the peak
-resident memory of the step (max over the 2 processes) and its seconds, from the second step.
+128 new tokens, 1 PPO epoch over one mini-batch of 8, GAE with a value head, fp32. So that the
+resident set follows live memory, ``train.cpu_malloc_reuse false`` and a fixed glibc mmap threshold
+(``MALLOC_MMAP_THRESHOLD_=65536``: every block above 64 KiB is mapped on allocation and unmapped when
+freed; glibc's default raises the threshold as blocks are freed and then keeps freed memory in the
+heap). Per mode: the peak resident memory of the step (max over the 2 processes) and its seconds,
+from the second step.
 
   full      every weight trains; the reference is a second, frozen copy
   lora      LoRA r=16 on every linear layer; the reference is the adapter-disabled policy
@@ -131,8 +134,8 @@ def main() -> None:
                str(args.processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                __file__, "--worker", "--mode", mode, "--new-tokens", str(args.new_tokens)]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(common.REPO_ROOT)}
-        if not cuda:  # CPU processes over gloo, one thread each
-            env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+        if not cuda:  # CPU processes over gloo, one thread each; freed memory leaves the resident set
+            env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true", MALLOC_MMAP_THRESHOLD_="65536")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")

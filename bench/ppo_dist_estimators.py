@@ -42,6 +42,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--num-generations", type=int, default=4, help="samples per prompt")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--compile", action="store_true", help="train.compile: torch.compile the policy's forward")
+    ap.add_argument("--ppo-epochs", type=int, default=common.SETTINGS["ppo_epochs"])
+    ap.add_argument("--mini-batch-size", type=int, default=common.SETTINGS["mini_batch_size"], help="samples")
+    ap.add_argument(
+        "--no-shortcut", action="store_true", help="ppo.on_policy_shortcut false (a separate old-logprob pass)"
+    )
     ap.add_argument("--target", type=float, default=1.0)
     ap.add_argument("--ma", type=int, default=5)
     ap.add_argument("--max-steps", type=int, default=2000)
@@ -65,7 +70,8 @@ def build_config(args, model_dir: Path, out_dir: str):
     r.max_new_tokens, r.temperature, r.top_k, r.top_p = S["max_new_tokens"], S["temperature"], S["top_k"], S["top_p"]
     p = cfg.ppo
     p.advantage_estimator, p.kl_placement, p.kl_estimator = args.estimator, placement, kl_estimator
-    p.ppo_epochs, p.mini_batch_size, p.cliprange, p.cliprange_value = S["ppo_epochs"], S["mini_batch_size"], 0.2, 0.2
+    p.ppo_epochs, p.mini_batch_size, p.cliprange, p.cliprange_value = args.ppo_epochs, args.mini_batch_size, 0.2, 0.2
+    p.on_policy_shortcut = not args.no_shortcut
     p.vf_coef, p.kl_coef, p.adaptive_kl, p.loss_agg = S["vf_coef"], S["init_kl_coef"], False, "token_mean"
     cfg.optim.lr, cfg.optim.max_grad_norm = S["learning_rate"], None
     cfg.reward.functions = ["chinese_rule"]  # the same rule as common.rule_reward (tests/test_bench_common.py)
@@ -85,6 +91,8 @@ def main() -> None:
     trainer = Trainer(build_config(args, model_dir, out_dir))
     system = f"ppo_dist-{args.estimator}" + ("-bf16" if args.precision == "bf16" else "")
     system += "-compile" if args.compile else ""
+    if (args.ppo_epochs, args.mini_batch_size) != (common.SETTINGS["ppo_epochs"], common.SETTINGS["mini_batch_size"]):
+        system += f"-{args.ppo_epochs}ep-mb{args.mini_batch_size}" + ("-no-shortcut" if args.no_shortcut else "")
     records, reached = [], None
     t_start = time.perf_counter()
     for step in range(1, args.max_steps + 1):
@@ -127,6 +135,7 @@ def main() -> None:
         "opt_s": round(common.median([r["opt_s"] for r in timed]), 4),
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
         "value_head": trainer.engine.policy.has_critic,
+        "on_policy_shortcut": trainer.engine.on_policy_shortcut,
         "command": " ".join(["python", *sys.argv]),
     }
     common.emit(summary, args.out)

@@ -210,6 +210,11 @@ def run_estimators(args, py: str, trl_py) -> list[dict]:
             out.append(run([py, "bench/ppo_dist_estimators.py", *target, "--estimator", name, "--seed", str(seed)]))
     out.append(run([py, "bench/ppo_dist_estimators.py", *target, "--estimator", "grpo", "--compile",
                     "--seed", str(args.seeds[0])]))  # fmt: skip
+    # One optimiser step per rollout (1 epoch, one mini-batch of 8): the on-policy shortcut on and off.
+    fixed = ["--shape", args.target_shape, "--target", "99", "--max-steps", "12", "--estimator", "grpo",
+             "--ppo-epochs", "1", "--mini-batch-size", "8"]  # fmt: skip
+    for extra in ([], ["--no-shortcut"]):
+        out.append(run([py, "bench/ppo_dist_estimators.py", *fixed, *extra]))
     return out
 
 
@@ -354,6 +359,8 @@ def _median(xs):
 def render_estimators(rows: list[dict], args) -> list[str]:
     if not rows:
         return []
+    shortcut = [r for r in rows if "-1ep-" in r["system"]]
+    rows = [r for r in rows if "-1ep-" not in r["system"]]
     systems = list(dict.fromkeys(r["system"] for r in rows))
     lines = [
         "",
@@ -391,6 +398,20 @@ def render_estimators(rows: list[dict], args) -> list[str]:
             f"| {r['system']} | {r.get('seed')} | {r.get('reached_target')} | {steps} | "
             f"{_f(r.get('time_to_target_s'), 1)} | `{r['command']}` |"
         )
+    if shortcut:
+        lines += [
+            "",
+            "On-policy shortcut: GRPO with one optimiser step per rollout (1 epoch, one mini-batch of 8), 12 steps; "
+            "with the shortcut the update's own forward gives the old logprobs, without it a separate pass does.",
+            "",
+            "| system | shortcut | s/step | optimise s/step | command |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['system']} | {r.get('on_policy_shortcut')} | {_f(r['s_per_step'])} | {_f(r.get('opt_s'))} | "
+            f"`{r['command']}` |"
+            for r in shortcut
+        ]
     trl, ours = summary.get("trl-grpo"), summary.get("ppo_dist-grpo")
     if trl and ours and trl[1]:
         ratio = ours[1] / trl[1]
@@ -453,7 +474,8 @@ def render_lora(rows: list[dict]) -> list[str]:
         "",
         "`python bench/lora_memory.py`: 24 layers x 1024, vocabulary 50257 (355M parameters), seeded; one "
         "rollout of 8 prompts x 128 new tokens, one PPO epoch over one mini-batch of 8, GAE with a value head, "
-        "fp32, `train.cpu_malloc_reuse false`. Peak resident memory of the second step, max over the 2 processes.",
+        "fp32, `train.cpu_malloc_reuse false` and `MALLOC_MMAP_THRESHOLD_=65536` (freed blocks leave the resident "
+        "set, so it follows live memory). Peak resident memory of the second step, max over the 2 processes.",
         "",
         "| mode | trainable parameters | reference | peak MB / process | vs full | s/step | vs full | update s "
         "| command |",

@@ -1,6 +1,9 @@
 """DeepSpeed ZeRO specifics: the DeepSpeed config derived from ppo_dist's, the sharded reference
 model, and parameter gathering for generation.
 
+:func:`gathered_for_generation` uses engine internals (the ZeRO-3 parameter offload's hook lists and
+``ds_active_sub_modules``), tested with DeepSpeed 0.15 to 0.19: pyproject.toml pins ``deepspeed<0.20``.
+
 ``accelerate launch --config_file accelerate_configs/zero*.yaml`` chooses the stage and offload;
 everything that must agree with the PPO loop (micro batch, accumulation, clipping, precision) is
 written here from the ppo_dist config. A user DeepSpeed JSON (``deepspeed_config_file``) may leave

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 from dataclasses import dataclass
 
 from ..config import Config, ConfigError, exact_div
@@ -63,6 +64,8 @@ def stage_names() -> list[str]:
 
 def runner_class(name: str) -> type:
     """The runner of stage ``name`` (not ppo): ``Runner(cfg)``, ``.train()``, ``.close()`` like ``Trainer``."""
+    if importlib.util.find_spec("trl") is None:
+        raise ConfigError(f"stage {name} trains with TRL, which is not installed: pip install 'ppo_dist[trl]'")
     return importlib.import_module(f"{__name__}.{STAGES[name].module}").Runner
 
 
