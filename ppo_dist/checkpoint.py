@@ -48,13 +48,14 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """``[(step, path), ...]`` of complete checkpoints under ``root``, oldest first."""
+def complete_checkpoints(root: Path, pattern: re.Pattern = _STEP_DIR) -> list[tuple[int, Path]]:
+    """``[(step, path), ...]`` of complete checkpoints under ``root`` (directories named by ``pattern``,
+    whose group 1 is the step, holding the ``COMPLETE`` marker), oldest first."""
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
-        m = _STEP_DIR.match(child.name)
+        m = pattern.match(child.name)
         if m and (child / COMPLETE).is_file():
             found.append((int(m.group(1)), child))
     return sorted(found)

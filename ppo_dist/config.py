@@ -67,6 +67,8 @@ def _stage_names() -> list[str]:
     return stage_names()
 
 
+# optim.lr_scheduler -> transformers' scheduler name (every one after optim.warmup_steps of linear warm-up).
+LR_SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 # reward.on_invalid: what rewards.Reward does with a NaN/inf/None value.
 ON_INVALID = ("error", "skip_sample")
 # model.dtype -> accelerate's mixed_precision; the one map of precision names.
@@ -219,9 +221,7 @@ class OptimConfig:
     adam_beta2: float = doc_field(0.999, "AdamW beta2")
     adam_eps: float = doc_field(1e-8, "AdamW epsilon")
     max_grad_norm: float | None = doc_field(1.0, "clip the global gradient norm; empty = off")
-    lr_scheduler: str = doc_field(
-        "constant", "learning-rate schedule after warm-up", choices=lambda: ("constant", "linear", "cosine")
-    )
+    lr_scheduler: str = doc_field("constant", "learning-rate schedule after warm-up", choices=lambda: LR_SCHEDULERS)
     warmup_steps: int = doc_field(0, "optimiser steps of linear warm-up")
 
 

@@ -34,7 +34,7 @@ from accelerate.utils import DistributedType
 from transformers import get_scheduler
 
 from . import algos, distributed, zero
-from .config import BatchPlan, Config
+from .config import LR_SCHEDULERS, BatchPlan, Config
 from .models import CausalLMWithValueHead, build_policy, build_reference_model, freeze, prepare_policy
 from .rewards import RewardError, RewardNormalizer
 from .rollout import Rollout, ends_with_eos, plan_micro_batches, score_in_micro_batches, split_to_count
@@ -493,7 +493,9 @@ def build_optimizer(cfg: Config, model, plan: BatchPlan):
         params, lr=o.lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps, weight_decay=o.weight_decay, fused=fused
     )
     total = cfg.train.total_steps * cfg.ppo.ppo_epochs * plan.num_mini_batches
-    scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=total)
+    scheduler = get_scheduler(
+        LR_SCHEDULERS[o.lr_scheduler], optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=total
+    )
     return optimizer, scheduler
 
 

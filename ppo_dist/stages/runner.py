@@ -41,8 +41,8 @@ from transformers import TrainerCallback, TrainerState, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 
 from .. import distributed, tracking, zero
-from ..checkpoint import COMPLETE, CheckpointError
-from ..config import Config, ConfigError, validate
+from ..checkpoint import COMPLETE, CheckpointError, complete_checkpoints
+from ..config import LR_SCHEDULERS, Config, ConfigError, validate
 from ..data import load_dataset_source
 from ..guards import Preempted
 from ..models import build_tiny_gpt2, disable_dropout, load_causal_lm, load_tokenizer
@@ -51,20 +51,7 @@ from . import STAGES
 
 logger = logging.getLogger(__name__)
 
-SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}  # optim.lr_scheduler
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-
-
-def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """``[(step, path), ...]`` of the Trainer checkpoints under ``root`` that carry the marker, oldest first."""
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        m = _CHECKPOINT_DIR.match(child.name)
-        if m and (child / COMPLETE).is_file():
-            found.append((int(m.group(1)), child))
-    return sorted(found)
 
 
 def split_held_out(dataset, fraction: float, seed: int):
@@ -233,7 +220,7 @@ class StageRunner:
             adam_beta2=o.adam_beta2,
             adam_epsilon=o.adam_eps,
             max_grad_norm=o.max_grad_norm or 0.0,
-            lr_scheduler_type=SCHEDULERS[o.lr_scheduler],
+            lr_scheduler_type=LR_SCHEDULERS[o.lr_scheduler],
             warmup_steps=o.warmup_steps,
             seed=t.seed,
             data_seed=t.seed,
@@ -322,7 +309,7 @@ class StageRunner:
         if not resume:
             return None
         if resume == "auto":
-            found = complete_checkpoints(root)
+            found = complete_checkpoints(root, _CHECKPOINT_DIR)
             if not found:
                 logger.info("checkpoint.resume=auto: no checkpoint in %s, starting fresh", root)
                 return None
