@@ -532,6 +532,8 @@ def build_engine(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     model, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     policy_role = Policy(model, accelerator)
+    # Under ZeRO-3 a model loaded by from_pretrained is partitioned already; prepared, its hooks gather it.
+    policy_role.unwrapped.check_scoring_matches_logits()
     if cfg.ppo.kl_coef == 0:
         reference_role = None
     elif ref_model is None:

@@ -383,12 +383,12 @@ def prepare_policy(
     policy: ValueHeadModel, cfg: ModelConfig, tokenizer, disable_dropout_: bool = True
 ) -> ValueHeadModel:
     """What every policy needs before training, whoever built it (service config or legacy API):
-    a pad token id, dropout off, gradient checkpointing when asked, and a checked scoring path."""
+    a pad token id, dropout off, gradient checkpointing when asked. (The scoring path is checked once
+    the policy is prepared, when ZeRO-3 can gather a partitioned model: ``build_engine``.)"""
     if policy.config.pad_token_id is None:
         policy.config.pad_token_id = tokenizer.pad_token_id
     if disable_dropout_:
         disable_dropout(policy)
-    policy.check_scoring_matches_logits()
     if cfg.gradient_checkpointing:
         policy.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return policy

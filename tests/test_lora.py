@@ -91,10 +91,18 @@ def test_lora_run_saves_a_merged_model_and_the_adapter_and_resumes_exactly(tmp_p
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_lora_with_a_critic_free_estimator_under_zero(stage, tmp_path):
+def test_lora_with_a_critic_free_estimator_and_token_budgets_under_zero(stage, tmp_path):
     from .test_deepspeed import CONFIGS, ds_env
 
-    grpo = ["--ppo.advantage_estimator", "grpo", "--rollout.n_samples_per_prompt", "2", "--ppo.kl_placement", "loss"]
+    # A model loaded with from_pretrained (under ZeRO-3 it arrives partitioned), and token-budget
+    # micro-batches: under DeepSpeed every process runs the same number of them.
+    base = tmp_path / "base"
+    set_seed(0)
+    build_tiny_gpt2(ModelConfig(), load_tokenizer(ModelConfig())).save_pretrained(base)
+    load_tokenizer(ModelConfig()).save_pretrained(base)
+    grpo = ["--ppo.advantage_estimator", "grpo", "--rollout.n_samples_per_prompt", "2", "--ppo.kl_placement", "loss",
+            "--ppo.micro_batch_tokens", "24", "--rollout.forward_tokens", "24",
+            "--model.name_or_path", str(base)]  # fmt: skip
     _train(tmp_path, *grpo, num_processes=2, config_file=CONFIGS / f"{stage}.yaml", env=ds_env())
     final = tmp_path / "final_model"
     assert not (final / "value_head.pt").exists()  # critic-free: no value head anywhere
