@@ -1,6 +1,6 @@
 """Every benchmark in one command, back to back, then BENCHMARKS.md written from the results.
 
-    python bench/run_all.py                      # about 40 minutes on a 2-core CPU machine
+    python bench/run_all.py                      # about 90 minutes on a 2-core CPU machine
     python bench/run_all.py --skip-124m --skip-zero   # a few minutes
 
 0. the machine's dense matmul rate (2048x2048, fp32 and bf16), for the FLOP floors below;
@@ -578,9 +578,9 @@ def analysis(rows: dict, args, peaks: dict) -> list[str]:
         "- The legacy side runs at its best here: one batched `generate` call of 8 (the notebook's default would be "
         "batches of 4) and its own mini-batched forward passes. Most of its remaining cost is model FLOPs that any "
         "PPO at these settings must spend: 16 optimiser steps on mini-batches of 2 sequences, a reference pass and "
-        "an old-policy pass. ppo_dist removes the overhead around them: one batched generate per rollout, logits "
-        "only for response positions, logprobs as `logit[token] − logsumexp` (no full-vocabulary log-softmax), "
-        "statistics reduced once per step, fused AdamW.",
+        "an old-policy pass. ppo_dist removes the overhead around them: one batched generate per rollout, logprobs "
+        "only for response positions, from the last hidden state a chunk at a time as `logit[token] − logsumexp` "
+        "(no full-vocabulary log-softmax), statistics reduced once per step, fused AdamW.",
         "- On CPU, glibc hands every freed block above its mmap threshold back to the kernel, so each weight copy, "
         "gradient and activation of a few MB costs fresh page faults at every micro-step. ppo_dist keeps freed "
         "memory for reuse (`train.cpu_malloc_reuse`, on by default: `mallopt` of the mmap and trim thresholds). "
@@ -599,11 +599,13 @@ def analysis(rows: dict, args, peaks: dict) -> list[str]:
         "in far fewer rollouts at lr 1.41e-5 than PPO, whose advantages come from a freshly initialised value head "
         f"and a KL penalty of 0.2 per token. Per rollout step ppo_dist took {_f(ours['s_per_step'])} s and GRPO "
         f"{_f(grpo['s_per_step'])} s; the gap in time to target is the number of steps, i.e. the algorithm at "
-        f"these settings. Target (below GRPO's time): {'met' if _faster(ours, grpo) else 'not met'}.",
+        f"these settings. Target (below GRPO's time): {'met' if _faster(ours, grpo) else 'not met'}. ppo_dist's "
+        "own `grpo` estimator (section above) is the same algorithm in ppo_dist's engine.",
         "",
         "GPU numbers (tokens/s, peak memory, MFU on GPT-2 124M and a ~1B shape) are not in this file: no GPU was "
-        "available to this project's runs. `bench/ppo_dist_step.py` and `bench/zero_memory.py` run unchanged on a "
-        "CUDA machine (`--precision bf16`; `zero_memory.py` reports `step_peak_gpu_mb` there).",
+        "available to this project's runs. `bench/ppo_dist_step.py`, `bench/zero_memory.py`, "
+        "`bench/lora_memory.py` and `bench/long_responses.py` run unchanged on a CUDA machine (`--precision bf16`; "
+        "the memory benches report `torch.cuda.max_memory_allocated` there).",
     ]
     return lines
 
