@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = parse_args(argv)
-        # The launcher sets WORLD_SIZE: check the batch arithmetic before torch and the models load.
+        # The launcher sets WORLD_SIZE: check the batch arithmetic before the models load.
         validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

@@ -5,7 +5,8 @@ The legacy trl (<= 0.11) PPO API is importable from the top level, as from ``trl
     from ppo_dist import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, set_seed
     from ppo_dist.core import LengthSampler
 
-(see :mod:`ppo_dist.compat`). Imported lazily so ``train.py`` can check its config before torch loads.
+(see :mod:`ppo_dist.compat`). Imported lazily so ``train.py`` can check its config before transformers and
+the models load.
 """
 
 _LEGACY = {

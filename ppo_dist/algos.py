@@ -8,7 +8,8 @@ Loss functions take per-token ``weights`` ``(B, T)`` instead of averaging themse
 ``sum(token_loss * weights)``. The weights come from :data:`LOSS_AGGREGATIONS` and are computed
 from counts over the whole *global* mini-batch (all processes, all micro-batches), so splitting a
 mini-batch into micro-batches, accumulation steps or processes never changes the update: the
-micro-batch losses add up to the loss of the global mini-batch. Metrics are weighted the same way.
+micro-batch losses add up to the loss of the global mini-batch. Per-token statistics (ratio, clip
+fractions, entropy, ...) are weighted by :func:`metric_weights`, which sum to 1 over that mini-batch.
 
 Registries (a new variant is one registered function; config validation and ``--help`` list them):
 ``KL_ESTIMATORS``, ``ADVANTAGE_ESTIMATORS``, ``LOSS_AGGREGATIONS``.
@@ -106,9 +107,10 @@ def chunked_logprobs(
     hidden ``(B, T, H)``, labels ``(B, T)``; ``head`` maps ``(n, H)`` to logits ``(n, V)``. Positions
     are flattened and processed ``chunk_tokens`` at a time (:func:`chunk_tokens_for`), so no
     ``(B, T, V)`` fp32 tensor ever exists.
-    Under autograd each chunk is checkpointed: only ``hidden`` is kept for the backward pass, which
-    recomputes one chunk's logits at a time. ``entropy``: ``"none"``; ``"metric"`` (computed without
-    gradient, for logging); ``"grad"`` (differentiable, for an entropy bonus).
+    Under autograd, when there is more than one chunk, each is checkpointed: only ``hidden`` is kept
+    for the backward pass, which recomputes one chunk's logits at a time (a single chunk keeps its
+    logits). ``entropy``: ``"none"``; ``"metric"`` (computed without gradient, for logging);
+    ``"grad"`` (differentiable, for an entropy bonus).
     Returns ``(logprobs (B, T), entropy (B, T) | None)`` in float32.
     """
     B, T, H = hidden.shape
@@ -433,6 +435,15 @@ def loss_weights(name: str, mask: torch.Tensor, counts: MiniBatchCounts) -> torc
     return LOSS_AGGREGATIONS[name](mask.float(), counts)
 
 
+def metric_weights(name: str, mask: torch.Tensor, counts: MiniBatchCounts) -> torch.Tensor:
+    """Weights that sum to 1 over the global mini-batch, to average per-token statistics.
+
+    The loss weights of ``token_mean`` and ``seq_mean_token_mean`` already do; Dr. GRPO's sum to
+    mean length / horizon, so its statistics are token means.
+    """
+    return loss_weights("token_mean" if name == "seq_mean_token_sum_norm" else name, mask, counts)
+
+
 # ----------------------------------------------------------------------------- losses
 
 
@@ -442,19 +453,22 @@ def policy_loss(
     advantages: torch.Tensor,
     weights: torch.Tensor,
     cliprange: float,
+    metric_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate objective (Schulman et al. 2017, eq. 7), aggregated by ``weights``."""
+    """Clipped surrogate objective (Schulman et al. 2017, eq. 7), aggregated by ``weights``; statistics
+    averaged with ``metric_weights`` (default ``weights``)."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     pg_losses = -advantages * ratio
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
     loss = (torch.maximum(pg_losses, pg_losses_clipped) * weights).sum()
+    w = weights if metric_weights is None else metric_weights
     with torch.no_grad():
         metrics = {
-            "policy/clipfrac": ((pg_losses_clipped > pg_losses).float() * weights).sum(),
-            "policy/approxkl": (0.5 * log_ratio**2 * weights).sum(),
-            "policy/policykl": (-log_ratio * weights).sum(),
-            "policy/ratio": (ratio * weights).sum(),
+            "policy/clipfrac": ((pg_losses_clipped > pg_losses).float() * w).sum(),
+            "policy/approxkl": (0.5 * log_ratio**2 * w).sum(),
+            "policy/policykl": (-log_ratio * w).sum(),
+            "policy/ratio": (ratio * w).sum(),
         }
     return loss, metrics
 
@@ -465,19 +479,22 @@ def value_loss(
     returns: torch.Tensor,
     weights: torch.Tensor,
     cliprange_value: float,
+    metric_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss ``0.5 * max((v - R)^2, (clip(v, v_old ± c) - R)^2)``, aggregated by ``weights``."""
+    """Clipped value loss ``0.5 * max((v - R)^2, (clip(v, v_old ± c) - R)^2)``, aggregated by ``weights``;
+    statistics averaged with ``metric_weights`` (default ``weights``)."""
     # clamp(v, v_old - c, v_old + c) is v itself, bit for bit, inside the range (v_old + clamp(v - v_old) is
     # not): so clipfrac counts tokens where the clip acts, not rounding noise.
     values_clipped = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
     vf_losses = (values - returns) ** 2
     vf_losses_clipped = (values_clipped - returns) ** 2
     loss = 0.5 * (torch.maximum(vf_losses, vf_losses_clipped) * weights).sum()
+    w = weights if metric_weights is None else metric_weights
     with torch.no_grad():
         metrics = {
-            "val/clipfrac": ((vf_losses_clipped > vf_losses).float() * weights).sum(),
-            "val/vpred": (values * weights).sum(),
-            "val/error": (vf_losses * weights).sum(),
+            "val/clipfrac": ((vf_losses_clipped > vf_losses).float() * w).sum(),
+            "val/vpred": (values * w).sum(),
+            "val/error": (vf_losses * w).sum(),
         }
     return loss, metrics
 
@@ -506,24 +523,28 @@ def ppo_loss(
     returns: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None,
+    metric_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``policy + vf_coef * value - entropy_coef * entropy + kl_coef * KL``, every input ``(B, T)``.
 
     The value term needs ``values``/``old_values``/``returns`` (gae); the KL term ``ref_logprobs``
     (``ppo.kl_placement: loss``, GRPO-style: the estimator is evaluated at the current policy, so it
-    is differentiated); ``entropy`` without grad is only reported. Returns ``(loss, metrics)``.
+    is differentiated); ``entropy`` without grad is only reported. Loss terms are aggregated by
+    ``weights``, per-token statistics averaged with ``metric_weights`` (:func:`metric_weights`;
+    default ``weights``). Returns ``(loss, metrics)``.
     """
-    loss, metrics = policy_loss(logprobs, old_logprobs, advantages, weights, terms.cliprange)
+    mw = weights if metric_weights is None else metric_weights
+    loss, metrics = policy_loss(logprobs, old_logprobs, advantages, weights, terms.cliprange, mw)
     metrics = {"loss/policy": loss.detach(), **metrics}
     if values is not None:
-        vf, vf_metrics = value_loss(values, old_values, returns, weights, terms.cliprange_value)
+        vf, vf_metrics = value_loss(values, old_values, returns, weights, terms.cliprange_value, mw)
         loss = loss + terms.vf_coef * vf
         metrics.update({"loss/value": vf.detach(), **vf_metrics})
     if entropy is not None:
         ent = (entropy * weights).sum()
         if terms.entropy_coef:
             loss = loss - terms.entropy_coef * ent
-        metrics["policy/entropy"] = ent.detach()
+        metrics["policy/entropy"] = (entropy.detach() * mw).sum()
     if ref_logprobs is not None:
         kl = (kl_penalty(logprobs, ref_logprobs, terms.kl_estimator) * weights).sum()
         loss = loss + terms.kl_coef * kl

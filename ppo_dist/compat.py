@@ -230,8 +230,10 @@ class PPOTrainer:
             reference = self.engine.reference
             if reference is None:
                 raise ValueError("generate_ref_response=True needs a reference model, and init_kl_coef=0 builds none")
+            # The adapter-disabled reference is the prepared (DDP-wrapped) policy: generate on the module.
             with reference.context(), acc.autocast():
-                ref = self._as_lists(generate(reference.model, queries, self.tokenizer, gen, chunk), return_prompt)
+                ref_model = acc.unwrap_model(reference.model, keep_torch_compile=False)
+                ref = self._as_lists(generate(ref_model, queries, self.tokenizer, gen, chunk), return_prompt)
         if single:
             out = out[0].unsqueeze(0)
             ref = ref[0].unsqueeze(0) if ref is not None else None

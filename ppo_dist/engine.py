@@ -167,7 +167,7 @@ class PPOEngine:
     def _update_micro_batches(self, batch: RolloutBatch, local_idx: torch.Tensor) -> list[torch.Tensor]:
         """This process's share of a mini-batch as micro-batches of global sample indices."""
         q_len = batch.rollout.query_mask[local_idx].sum(1).cpu()
-        r_len = batch.response_mask[local_idx].sum(1).cpu()
+        r_len = batch.rollout.response_mask[local_idx].sum(1).cpu()  # forwarded widths, skipped samples too
         micro = plan_micro_batches(
             q_len, r_len, max_samples=self.plan.local_micro_batch_size, max_tokens=self.cfg.ppo.micro_batch_tokens
         )
@@ -316,7 +316,8 @@ class PPOEngine:
             with acc.autocast():
                 out = part.score(self.policy.model, entropy="grad" if p.entropy_coef else "metric", with_values=critic)
             T = out.logprobs.shape[1]
-            weights = algos.loss_weights(p.loss_agg, batch.response_mask[idx, :T], counts)
+            mask = batch.response_mask[idx, :T]
+            weights = algos.loss_weights(p.loss_agg, mask, counts)
             old_logprobs = out.logprobs.detach() if self.on_policy_shortcut else batch.logprobs[idx, :T]
             terms = algos.LossTerms(
                 cliprange=p.cliprange,
@@ -337,6 +338,7 @@ class PPOEngine:
                 returns=returns[idx, :T] if critic else None,
                 entropy=out.entropy,
                 ref_logprobs=batch.ref_logprobs[idx, :T] if self.kl_in_loss else None,
+                metric_weights=algos.metric_weights(p.loss_agg, mask, counts),
             )
             per_backend = self.plan.gradient_accumulation_steps if zero.zero_stage(acc) else num_micro
             acc.backward(loss * (self.plan.world_size * per_backend))
@@ -361,6 +363,20 @@ class PPOEngine:
     def _optimizer_step(self) -> None:
         acc, max_norm = self.accelerator, self.cfg.optim.max_grad_norm
         params = self.policy.model.parameters()
+        if acc.scaler is not None:
+            # fp16 loss scaling (GPU, DDP): overflowing gradients are routine while the scale settles. The
+            # GradScaler skips such a step and lowers the scale; it must see every step (a step without its
+            # update() breaks the next unscale_), so it decides here, not the norm. Not a bad step.
+            if max_norm:
+                acc.clip_grad_norm_(params, max_norm)
+            self.optimizer.step()
+            self.scheduler.step()  # accelerate's scheduler does not step after a skipped optimiser step
+            if self.optimizer.step_was_skipped:
+                logger.info(
+                    "fp16 gradient overflow at step %d: update skipped, loss scale lowered", self.global_step + 1
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            return
         if max_norm or acc.distributed_type == DistributedType.DEEPSPEED:
             grad_norm = acc.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
         else:  # no clipping: the norm only for the finite check (clip_grad_norm_ would also scale every grad by 1)

@@ -51,7 +51,7 @@ class NumericsGuard:
         self.in_a_row = 0
 
     def check(self, stats: dict, step: int, skipped_updates: int) -> bool:
-        """True for a bad step (it must not be checkpointed); raises NumericsError at the limit."""
+        """True for a bad step (no periodic checkpoint of it); raises NumericsError at the limit."""
         nonfinite = [k for k in (*self.WATCHED, "objective/kl") if k in stats and not math.isfinite(stats[k])]
         if not skipped_updates and not nonfinite:
             self.in_a_row = 0
@@ -64,9 +64,11 @@ class NumericsGuard:
         if self.in_a_row >= self.limit:
             raise NumericsError(
                 f"{self.in_a_row} bad PPO steps in a row (last: step {step}: {what}); lower optim.lr or check the "
-                f"reward scale. Last checkpoint: {_last_checkpoint(self.root)} (bad steps are never checkpointed)"
+                f"reward scale. Last checkpoint: {_last_checkpoint(self.root)} (periodic checkpoints skip bad steps)"
             )
-        logger.warning("bad PPO step %d (%d/%d in a row): %s; not checkpointed", step, self.in_a_row, self.limit, what)
+        logger.warning(
+            "bad PPO step %d (%d/%d in a row): %s; no periodic checkpoint", step, self.in_a_row, self.limit, what
+        )
         return True
 
 

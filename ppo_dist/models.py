@@ -9,7 +9,6 @@ legacy trl one, ``(logits, loss, values)``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import logging
@@ -426,13 +425,3 @@ def build_reference_model(cfg: ModelConfig, policy: CausalLMWithValueHead, token
         ref.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(ref)
     return freeze(ref)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)

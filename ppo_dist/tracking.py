@@ -1,7 +1,7 @@
 """Experiment tracking: scalars through ``accelerator.log``, plus TensorBoard extras.
 
 Every value logged here is already global: the engine computes statistics on the gathered batch,
-and the one per-step reduction (:func:`step_flags`) also carries the peak memory of every process.
+and the one per-step reduction (``Trainer._step_flags``) also carries the peak memory of every process.
 Only the main process writes (accelerate creates trackers there alone).
 
 TensorBoard gets, besides the scalars: histograms of rewards and response lengths, a table of

@@ -105,10 +105,11 @@ class Trainer:
             # 7. guards, 8. checkpoint
             bad = self.numerics.check(stats, step, self.engine.skipped_updates - skipped_before)
             self.kl_guard.check(stats, step)
-            if self.checkpoints.due(step, last=step == cfg.train.total_steps) and not bad:
+            # A bad step skipped its update, so the weights are still those of the last good one: periodic
+            # checkpoints skip it, a stop still saves (the data and RNG positions are those after step N).
+            if stop or (self.checkpoints.due(step, last=step == cfg.train.total_steps) and not bad):
                 self.checkpoints.save(step)
             if stop:
-                self.checkpoints.save(step)
                 logger.warning("stopping on signal after step %d; checkpoint saved", step)
                 raise Preempted(step)
         self.checkpoints.save(cfg.train.total_steps)

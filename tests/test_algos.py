@@ -180,6 +180,26 @@ def test_loss_aggregation_weights_hand_computed():
         assert w[name].sum().item() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("agg", list(algos.LOSS_AGGREGATIONS))
+def test_statistics_are_averages_under_every_loss_aggregation(agg):
+    # With the old policy equal to the current one every ratio is 1 and nothing is clipped: the
+    # statistics summed over micro-batches must say so, whatever the aggregation's loss weights sum to.
+    x, mask = _loss_inputs()
+    counts = _counts(mask, horizon=16)  # a generation limit well above the lengths, as in practice
+    x = {**x, "old_logprobs": x["logprobs"], "entropy": torch.full_like(x["entropy"], 2.0)}
+    ratio = clipfrac = entropy = 0.0
+    for rows in ([0, 1], [2], [3]):
+        m = mask[rows]
+        _, metrics = algos.ppo_loss(
+            x["logprobs"][rows], x["old_logprobs"][rows], x["advantages"][rows], algos.loss_weights(agg, m, counts),
+            TERMS, entropy=x["entropy"][rows], metric_weights=algos.metric_weights(agg, m, counts),
+        )  # fmt: skip
+        ratio += metrics["policy/ratio"].item()
+        clipfrac += metrics["policy/clipfrac"].item()
+        entropy += metrics["policy/entropy"].item()
+    assert (ratio, clipfrac, entropy) == (pytest.approx(1.0), 0.0, pytest.approx(2.0))
+
+
 def test_policy_loss_hand_computed_clipping():
     lp = torch.tensor([[math.log(1.5), math.log(0.5)]])
     old = torch.zeros(1, 2)

@@ -473,7 +473,11 @@ def test_trl_ppo_example_runs_with_use_peft(assets, tmp_path):
 
 
 @pytest.mark.distributed
-def test_trl_ppo_example_runs_on_two_processes(assets, tmp_path):
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "use_peft"])
+def test_trl_ppo_example_runs_on_two_processes(assets, tmp_path, peft):
     # run_on_cpu.py only sets accelerate's shared state up for CPU processes, then runs the script unchanged.
-    launch([EXAMPLE, *_example_args(assets, tmp_path, steps=3)], num_processes=2, script="tests/scripts/run_on_cpu.py")
-    _check_example_run(tmp_path, steps=3, world_size=2, peft=False)
+    # With --use_peft the reference responses come from the DDP-wrapped policy with its adapter disabled.
+    steps = 2 if peft else 3
+    args = [*_example_args(assets, tmp_path, steps=steps), *(["--use_peft", "--lora_r", "4"] if peft else [])]
+    launch([EXAMPLE, *args], num_processes=2, script="tests/scripts/run_on_cpu.py")
+    _check_example_run(tmp_path, steps=steps, world_size=2, peft=peft)

@@ -183,7 +183,7 @@ def test_non_finite_updates_are_skipped_together_then_stop_with_checkpoint_from_
         check=False,
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
-    # Steps 3, 4, 5 have non-finite losses: warned (by both processes), never checkpointed, then a clear stop.
+    # Steps 3, 4, 5 have non-finite losses: warned (by both processes), no periodic checkpoint, then a clear stop.
     assert (
         proc.stderr.count("bad PPO step 3 (1/3 in a row)") == 2
         and proc.stderr.count("bad PPO step 4 (2/3 in a row)") == 2

@@ -9,8 +9,8 @@
 
 Every stage reads the shared sections (model, data, optim, train, log, checkpoint) with the same
 meaning, plus its own section (``sft``, ``rm``, ``dpo``); a setting the chosen stage does not read
-is an error (:func:`check_settings_used`), never silently ignored. This module is light (no torch,
-no trl), so ``train.py --help`` and config validation stay fast; :func:`runner_class` imports a
+is an error (:func:`check_settings_used`), never silently ignored. This module is light (no
+transformers, no trl), so ``train.py --help`` and config validation stay fast; :func:`runner_class` imports a
 stage's runner only when a run needs it.
 """
 
