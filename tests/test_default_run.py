@@ -20,8 +20,9 @@ def _reload_and_generate(path):
     assert torch.equal(policy.v_head.weight, saved_head["weight"])
 
 
-def test_single_process_run_saves_a_reloadable_model(tmp_path):
-    proc = launch([*TINY_ARGS, "--train.output_dir", str(tmp_path)])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_single_process_run_saves_a_reloadable_model(tmp_path, dtype):
+    proc = launch([*TINY_ARGS, "--model.dtype", dtype, "--train.output_dir", str(tmp_path)])
     assert "mean reward: first" in proc.stdout
     _reload_and_generate(tmp_path / "final_model")
     assert (tmp_path / "checkpoints" / "step_3" / "COMPLETE").is_file()
