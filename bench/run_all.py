@@ -388,7 +388,8 @@ def render_estimators(rows: list[dict], args) -> list[str]:
         lines.append(
             f"| {system} | {len(reached)}/{len(group)} | {_f(steps, 0)} | {_f(times, 1)} | "
             f"{_f(_median([r['s_per_step'] for r in group]))} | {_f(_median([r.get('opt_s') for r in group]))} | "
-            f"{_f(_median([r.get('peak_rss_mb') for r in group]), 0)} | {group[0].get('value_head', 'no')} |"
+            f"{_f(_median([r.get('peak_rss_mb') for r in group]), 0)} | {'yes' if group[0].get('value_head') else 'no'}"
+            " |"
         )
     lines += ["", "Per seed:", "", "| system | seed | reached | rollout steps | time to target s | command |",
               "|---|---|---|---|---|---|"]  # fmt: skip
