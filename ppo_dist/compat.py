@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -84,13 +85,15 @@ def _default_collator(rows: list[dict]) -> dict:
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 
-def _text_column(dataset) -> str:
+def _text_column(dataset, required: bool = True) -> str | None:
     for name in ("query", "prompt", "text"):
         if name in dataset.column_names:
             return name
     strings = [c for c in dataset.column_names if isinstance(dataset[0][c], str)]
     if len(strings) == 1:
         return strings[0]
+    if not required:
+        return None
     raise ValueError(f"cannot tell which dataset column holds the prompt text; columns: {dataset.column_names}")
 
 
@@ -179,14 +182,14 @@ class PPOTrainer:
                     "every query needs tokens to generate from"
                 )
             dataset = dataset.remove_columns("input_ids")
-            if not any(isinstance(dataset[0][c], str) for c in dataset.column_names):
-                dataset = dataset.add_column("query", self.tokenizer.batch_decode(ids))
-            column = _text_column(dataset)
+            column = _text_column(dataset, required=False)
+            if column is None:  # the tokens are the prompt: its text for logging is their decoding
+                column = "query"
+                dataset = dataset.add_column(column, self.tokenizer.batch_decode(ids))
         else:
             column = _text_column(dataset)
-            ids = tokenize_prompts(
-                dataset[column], self.tokenizer, self.cfg.data.max_prompt_length, self.cfg.data.truncation
-            )
+            # Legacy had no prompt length limit (it never tokenized): prompts are kept whole.
+            ids = tokenize_prompts(dataset[column], self.tokenizer, max_length=sys.maxsize, truncation="error")
         stream = PromptStream(dataset, ids, column, self.plan.batch_size, self.config.seed)
         return _Dataloader(self, stream, column, data_collator or _default_collator)
 
@@ -210,12 +213,19 @@ class PPOTrainer:
         reference model's responses. Prompts run ``batch_size`` at a time.
         """
         single = isinstance(query_tensor, torch.Tensor)
+        if single and query_tensor.dim() > 1 and query_tensor.shape[0] != 1:
+            raise ValueError(
+                f"query_tensor must be a 1-D tensor (seq_len) or a list of them, as in legacy trl; got a tensor of "
+                f"shape {tuple(query_tensor.shape)} (pass list(query_tensor) for a batch)"
+            )
         queries = [query_tensor.reshape(-1)] if single else list(query_tensor)
         _check_id_list("query_tensor", queries)
-        if length_sampler is not None:
+        if single and length_sampler is not None:  # legacy: one draw, shared with the reference response
             generation_kwargs["max_new_tokens"] = int(length_sampler())
-        gen = self._generation_config(generation_kwargs)
+            length_sampler = None
         chunk = len(queries) if single else max(1, int(batch_size))
+        # Legacy: an encoder-decoder returns the decoder's tokens only, whatever return_prompt says.
+        return_prompt = return_prompt and not self.engine.policy.unwrapped.is_encoder_decoder
         acc = self.accelerator
         # Under bf16/fp16 mixed precision, autocast casts the weights once per call (its cache lives
         # as long as the context), so every decoding step reads half-width weights.
@@ -224,7 +234,7 @@ class PPOTrainer:
             acc.autocast(),
         ):
             policy.eval()
-            out = self._as_lists(generate(policy, queries, self.tokenizer, gen, chunk), return_prompt)
+            out = self._generate_in_chunks(policy, queries, chunk, length_sampler, generation_kwargs, return_prompt)
         ref = None
         if generate_ref_response:
             reference = self.engine.reference
@@ -233,11 +243,25 @@ class PPOTrainer:
             # The adapter-disabled reference is the prepared (DDP-wrapped) policy: generate on the module.
             with reference.context(), acc.autocast():
                 ref_model = acc.unwrap_model(reference.model, keep_torch_compile=False)
-                ref = self._as_lists(generate(ref_model, queries, self.tokenizer, gen, chunk), return_prompt)
+                ref = self._generate_in_chunks(
+                    ref_model, queries, chunk, length_sampler, generation_kwargs, return_prompt
+                )
         if single:
             out = out[0].unsqueeze(0)
             ref = ref[0].unsqueeze(0) if ref is not None else None
         return (out, ref) if generate_ref_response else out
+
+    def _generate_in_chunks(self, model, queries, chunk, length_sampler, generation_kwargs, return_prompt):
+        """Legacy ``_generate_batched``: ``chunk`` prompts at a time, ``max_new_tokens`` drawn from
+        ``length_sampler`` for every chunk (so the sampler's draws follow legacy's)."""
+        out = []
+        for start in range(0, len(queries), chunk):
+            if length_sampler is not None:
+                generation_kwargs["max_new_tokens"] = int(length_sampler())
+            gen = self._generation_config(generation_kwargs)
+            rollout = generate(model, queries[start : start + chunk], self.tokenizer, gen, chunk)
+            out += self._as_lists(rollout, return_prompt)
+        return out
 
     def _generation_config(self, kwargs: dict):
         gen = copy.deepcopy(self.gen_config)

@@ -680,6 +680,12 @@ def validate(cfg: Config, world_size: int = 1):
     _check(m.logits_chunk_tokens >= 0, f"model.logits_chunk_tokens must be >= 0, got {m.logits_chunk_tokens}")
     _check(r.batch_size > 0, f"rollout.batch_size must be > 0, got {r.batch_size}")
     _check(r.max_new_tokens > 0, f"rollout.max_new_tokens must be > 0, got {r.max_new_tokens}")
+    longest = d.max_prompt_length + r.max_new_tokens
+    _check(
+        bool(m.name_or_path) or longest <= m.tiny_n_positions,
+        f"data.max_prompt_length={d.max_prompt_length} + rollout.max_new_tokens={r.max_new_tokens} = {longest} "
+        f"tokens do not fit the embedded model's model.tiny_n_positions={m.tiny_n_positions}; raise it",
+    )
     _check(r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
     _check(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
     _check(

@@ -151,8 +151,6 @@ def full_state_dict(accelerator: Accelerator, model) -> dict | None:
 
 
 def shutdown(accelerator: Accelerator) -> None:
-    """End trackers and destroy the process group so gloo does not abort at interpreter exit."""
+    """End trackers and destroy the process group (accelerate's ``end_training`` does both) so gloo
+    does not abort at interpreter exit."""
     accelerator.end_training()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # nobody tears down while a peer is still in a collective
-        torch.distributed.destroy_process_group()

@@ -370,11 +370,12 @@ class PPOEngine:
             if max_norm:
                 acc.clip_grad_norm_(params, max_norm)
             self.optimizer.step()
-            self.scheduler.step()  # accelerate's scheduler does not step after a skipped optimiser step
             if self.optimizer.step_was_skipped:
                 logger.info(
                     "fp16 gradient overflow at step %d: update skipped, loss scale lowered", self.global_step + 1
                 )
+            else:
+                self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             return
         if max_norm or acc.distributed_type == DistributedType.DEEPSPEED:

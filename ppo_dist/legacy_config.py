@@ -324,6 +324,7 @@ class PPOConfig:
         )
         p.kl_estimator = KL_PENALTY[self.kl_penalty]
         cfg.optim.lr, cfg.optim.max_grad_norm = self.learning_rate, self.max_grad_norm
+        cfg.model.gradient_checkpointing = self.gradient_checkpointing
         cfg.reward.normalize = bool(self.use_score_scaling and self.use_score_norm)
         cfg.reward.clip = self.score_clip
         cfg.train.seed, cfg.train.total_steps = self.seed, self.steps

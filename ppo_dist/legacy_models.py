@@ -22,6 +22,7 @@ A value head saved by legacy trl inside ``model.safetensors`` / ``pytorch_model.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from pathlib import Path
@@ -281,20 +282,34 @@ def _init_value_head(
 
 
 def _restore_value_head(head: torch.nn.Linear, path: Path) -> None:
-    """ppo_dist's ``value_head.pt``, else a legacy trl head (``v_head.summary.*``) in the model weights."""
+    """ppo_dist's ``value_head.pt``, else a legacy trl head (``v_head.summary.*``) in the model weights
+    (one file or shards with an index); else the head stays freshly initialised, and the log says so."""
     if (path / VALUE_HEAD_FILE).is_file():
         head.load_state_dict(torch.load(path / VALUE_HEAD_FILE, map_location="cpu", weights_only=True))
         return
     prefix = "v_head.summary."
     state: dict[str, torch.Tensor] = {}
-    if (path / "model.safetensors").is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
-            state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-    elif (path / "pytorch_model.bin").is_file():
-        full = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        state = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
+    for single, index in (("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", None)):
+        files = [path / single] if (path / single).is_file() else []
+        if index and (path / index).is_file():
+            weight_map = json.loads((path / index).read_text())["weight_map"]
+            files = sorted({path / f for k, f in weight_map.items() if k.startswith(prefix)})
+        for file in files:
+            state.update(_tensors_with_prefix(file, prefix))
+        if files:
+            break
     if state:
         head.load_state_dict(state)
         logger.info("restored the legacy trl value head from %s", path)
+    else:
+        logger.info("%s has no value head: it starts freshly initialised", path)
+
+
+def _tensors_with_prefix(file: Path, prefix: str) -> dict[str, torch.Tensor]:
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:
+            return {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    full = torch.load(file, map_location="cpu", weights_only=True)
+    return {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}

@@ -94,6 +94,16 @@ def test_dataloader_tokenizes_text_column_and_yields_steps_batches(trainer):
     assert trainer.tokenizer.decode(batches[0]["input_ids"][0]) == batches[0]["query"][0]
 
 
+def test_dataloader_keeps_long_prompts_and_tokenized_datasets_need_no_text_column(trainer):
+    long_prompt = "今天天气很好" * 40  # 240 characters: legacy never cut a prompt
+    batch = next(iter(trainer.prepare_dataloader(Dataset.from_dict({"query": [long_prompt] * 4}))))
+    assert trainer.tokenizer.decode(batch["input_ids"][0]) == long_prompt
+    ids = [trainer.tokenizer(t)["input_ids"] for t in ["今天", "我觉得", "这本书", "春天"]]
+    data = Dataset.from_dict({"input_ids": ids, "title": ["a", "b", "c", "d"], "body": ["e", "f", "g", "h"]})
+    batch = next(iter(trainer.prepare_dataloader(data)))
+    assert set(batch["query"]) <= {trainer.tokenizer.decode(i) for i in ids} and set(batch["title"]) <= set("abcd")
+
+
 def test_dataloader_refuses_empty_queries_naming_the_first(trainer):
     with pytest.raises(ConfigError, match=r"2 of 3 prompts are empty or whitespace only \(first: prompt 1\)"):
         trainer.prepare_dataloader(Dataset.from_dict({"query": ["今天天气", " ", ""]}))
@@ -111,6 +121,17 @@ def test_generate_cuts_at_eos_and_handles_single_tensor(trainer):
     assert torch.equal(with_prompt[0][: len(batch["input_ids"][0])], batch["input_ids"][0])
     single = trainer.generate(batch["input_ids"][0], return_prompt=False, max_new_tokens=3)
     assert single.dim() == 2 and single.shape[0] == 1
+    with pytest.raises(ValueError, match=r"1-D tensor \(seq_len\) or a list of them.*shape \(2, 3\)"):
+        trainer.generate(torch.ones(2, 3, dtype=torch.long), max_new_tokens=3)
+
+
+def test_length_sampler_is_drawn_per_chunk_and_again_for_the_reference(trainer):
+    # legacy _generate_batched draws max_new_tokens for every batch_size prompts, and again for the reference.
+    draws = iter([2, 5, 3, 4])
+    queries = next(iter(trainer.dataloader))["input_ids"]  # 4 prompts, 2 per chunk
+    out, ref = trainer.generate(queries, length_sampler=lambda: next(draws), batch_size=2, return_prompt=False,
+                                generate_ref_response=True, min_new_tokens=6)  # fmt: skip
+    assert [len(r) for r in out] == [2, 2, 5, 5] and [len(r) for r in ref] == [3, 3, 4, 4]
 
 
 def test_step_returns_legacy_stats_and_reference_stays_frozen(trainer):

@@ -58,6 +58,12 @@ def test_wrong_type_names_field_and_value():
             1,
             "= 30 samples must be divisible by ppo.mini_batch_size=8",
         ),
+        (
+            "rollout",
+            {"max_new_tokens": 1024},
+            1,
+            r"= 1088 tokens do not fit the embedded model's model.tiny_n_positions=256; raise it",
+        ),
     ],
 )
 def test_batch_arithmetic_and_values_are_checked(section, values, world, message):

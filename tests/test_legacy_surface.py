@@ -193,6 +193,7 @@ def test_refused_and_kept_fields():
     assert {k: getattr(config, k) for k in kept} == kept
     cfg = config.to_config()
     assert cfg.reward.normalize and cfg.reward.clip == 2.0 and cfg.log.project_name == "p"
+    assert PPOConfig(gradient_checkpointing=True).to_config().model.gradient_checkpointing
     config.fill_runtime_fields(world_size=2, is_encoder_decoder=False, is_peft_model=False)
     assert (config.world_size, config.global_batch_size, config.global_backward_batch_size) == (2, 256, 256)
     with pytest.raises(ConfigError, match="is_encoder_decoder=True but the model"):
@@ -262,6 +263,11 @@ def test_from_pretrained_takes_the_legacy_keyword_arguments(assets, tmp_path, ca
     restored = AutoModelForCausalLMWithValueHead.from_pretrained(tmp_path / "legacy_ckpt")
     assert torch.equal(restored.v_head.weight, head["v_head.summary.weight"])
     assert torch.equal(restored.v_head.bias, head["v_head.summary.bias"])
+    # ... also when the weights are sharded (an index and several files, as for any large model).
+    lm.save_pretrained(tmp_path / "sharded", state_dict={**lm.state_dict(), **head}, max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    restored = AutoModelForCausalLMWithValueHead.from_pretrained(tmp_path / "sharded")
+    assert torch.equal(restored.v_head.weight, head["v_head.summary.weight"])
 
 
 def test_from_pretrained_with_a_lora_config_and_a_saved_adapter(assets, tmp_path):
@@ -389,7 +395,8 @@ def test_seq2seq_legacy_loop_trains_a_tiny_t5(assets):
     policy_before = [p.detach().clone() for p in trainer.model.parameters()]
     eos, all_stats = tokenizer.eos_token_id, []
     for batch in trainer.dataloader:
-        responses = trainer.generate(batch["input_ids"], return_prompt=False, max_new_tokens=6)
+        # Legacy: an encoder-decoder's generate returns decoder tokens only, return_prompt or not.
+        responses = trainer.generate(batch["input_ids"], max_new_tokens=6)
         for r in responses:
             assert r.dim() == 1 and 1 <= len(r) <= 7 and (r[:-1] != eos).all()
         batch["response"] = tokenizer.batch_decode(responses, skip_special_tokens=True)

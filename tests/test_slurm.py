@@ -25,7 +25,7 @@ def cluster():
         yield c
 
 
-def _submit(cluster, out_dir, extra_args, log):
+def _submit(cluster, out_dir, extra_args, log, accel_config=None):
     env = {
         "GPUS_PER_NODE": "1",
         "RUN_CONFIG": "",
@@ -36,6 +36,9 @@ def _submit(cluster, out_dir, extra_args, log):
         "PYTHONPATH": str(REPO),
         "EXTRA_ARGS": " ".join([*TINY_ARGS, "--train.output_dir", str(out_dir), *extra_args]),
     }
+    if accel_config:  # a DeepSpeed config: ACCELERATE_USE_CPU would turn it into plain multi-CPU
+        del env["ACCELERATE_USE_CPU"]
+        env["ACCEL_CONFIG"] = str(REPO / accel_config)
     # Only what a user may set at submission: variables, node count, where the log goes, and no GPUs here.
     return cluster.sbatch(
         "-N",
@@ -58,6 +61,19 @@ def test_multinode_template_trains_on_both_nodes(cluster, tmp_path):
     assert "node n1: machine_rank 0" in text and "node n2: machine_rank 1" in text
     assert "MULTI_CPU on 2 process(es)" in text
     assert (tmp_path / "run" / "final_model" / "config.json").exists()
+    assert (tmp_path / "run" / "checkpoints" / "step_3" / "COMPLETE").exists()
+
+
+def test_multinode_template_runs_zero2_across_both_nodes(cluster, tmp_path):
+    # A DeepSpeed config across nodes: one launcher per node (deepspeed_multinode_launcher: standard in
+    # accelerate_configs/zero*.yaml), not DeepSpeed's pdsh launcher, which would ignore the machine ranks.
+    log = tmp_path / "job.log"
+    job = _submit(cluster, tmp_path / "run", [], log, accel_config="accelerate_configs/zero2.yaml")
+    info = cluster.wait_finished(job, timeout=300)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED", text[-4000:]
+    assert "node n1: machine_rank 0" in text and "node n2: machine_rank 1" in text
+    assert "DEEPSPEED on 2 process(es)" in text and "ZeRO stage 2" in text
     assert (tmp_path / "run" / "checkpoints" / "step_3" / "COMPLETE").exists()
 
 

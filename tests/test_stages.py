@@ -137,6 +137,7 @@ def test_stage_stops_on_sigusr1_resumes_and_matches_zero2(stage, request):
     assert "ZeRO stage 2" in runs.zero2_log and "ZeRO stage 0" in log
     # The ZeRO-2 run (--checkpoint.resume auto) found only an unmarked, half-written checkpoint: it
     # removed it and started from step 0.
+    assert len(list((runs.ddp / "checkpoints").glob("checkpoint-*"))) <= 2  # checkpoint.keep: 2
     assert "removing incomplete checkpoint" in runs.zero2_log
     assert not (runs.zero2 / "checkpoints" / "checkpoint-3").exists()
     assert [m.group(1) for m in READY.finditer(runs.zero2_log)] == ["0", "0"]
@@ -283,6 +284,8 @@ def test_stage_settings_are_checked_before_anything_loads():
         ConfigError, match=r"rm.batch_size=16 must be divisible by the world size x rm.gradient_accumulation_steps"
     ):
         validate(from_dict({"stage": "rm", "rm": {"gradient_accumulation_steps": 3}}), world_size=2)
+    with pytest.raises(ConfigError, match=r"sft.max_length=512 does not fit the embedded model's model.tiny_n_pos"):
+        validate(from_dict({"stage": "sft", "sft": {"max_length": 512}}))
     with pytest.raises(ConfigError, match=r"unknown key 'sft.batchsize'. Did you mean: batch_size"):
         from_dict({"sft": {"batchsize": 8}})
     plan = validate(from_dict({"stage": "dpo", "dpo": {"batch_size": 8, "gradient_accumulation_steps": 2}}), 2)

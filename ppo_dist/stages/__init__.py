@@ -120,6 +120,12 @@ def validate_stage(cfg: Config, world_size: int) -> StagePlan:
         f"{name}.gradient_accumulation_steps must be > 0, got {s.gradient_accumulation_steps}",
     )
     check(s.max_length > 0, f"{name}.max_length must be > 0, got {s.max_length}")
+    m = cfg.model
+    check(
+        bool(m.name_or_path) or s.max_length <= m.tiny_n_positions,
+        f"{name}.max_length={s.max_length} does not fit the embedded model's model.tiny_n_positions="
+        f"{m.tiny_n_positions}; raise it or lower {name}.max_length",
+    )
     check(0 <= s.eval_fraction < 1, f"{name}.eval_fraction must be in [0, 1), got {s.eval_fraction}")
     check(s.eval_every >= 0, f"{name}.eval_every must be >= 0, got {s.eval_every}")
     check(

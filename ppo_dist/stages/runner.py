@@ -97,13 +97,20 @@ class StopOnSignal(TrainerCallback):
 
 
 class MarkComplete(TrainerCallback):
-    """Marks a checkpoint complete once every process has returned from writing it."""
+    """Marks a checkpoint complete once every process has returned from writing it, then deletes
+    complete checkpoints beyond the newest ``keep`` (the HF Trainer's own rotation runs before the
+    marker exists, so it is off: it could leave no complete checkpoint while one is being written)."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
 
     def on_save(self, args, state, control, **kwargs):
         processes = PartialState()
         processes.wait_for_everyone()
         if state.is_world_process_zero:
             (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE).write_text(str(state.global_step))
+            for _, old in complete_checkpoints(Path(args.output_dir), _CHECKPOINT_DIR)[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
         processes.wait_for_everyone()
 
 
@@ -147,7 +154,7 @@ class StageRunner:
             train_dataset=train_data,
             eval_dataset=held_out,
             processing_class=self.tokenizer,
-            callbacks=[self.stopper, MarkComplete()],
+            callbacks=[self.stopper, MarkComplete(cfg.checkpoint.keep)],
             **self.trainer_kwargs(model),
         )
         self.held_out_size = 0 if held_out is None else len(held_out)
@@ -234,7 +241,7 @@ class StageRunner:
             disable_tqdm=not lg.progress_bar,
             save_strategy="steps",
             save_steps=ck.every or t.total_steps,
-            save_total_limit=ck.keep,
+            save_total_limit=None,  # MarkComplete rotates, after marking the new checkpoint complete
             eval_strategy="steps" if s.eval_fraction > 0 else "no",
             eval_steps=s.eval_every or t.total_steps,
             ddp_backend="gloo" if plan.world_size > 1 and not torch.cuda.is_available() else None,
