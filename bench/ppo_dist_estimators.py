@@ -42,6 +42,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--num-generations", type=int, default=4, help="samples per prompt")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--compile", action="store_true", help="train.compile: torch.compile the policy's forward")
+    ap.add_argument(
+        "--dropout", action="store_true", help="model.disable_dropout false: the model's dropout acts in the update"
+    )
     ap.add_argument("--ppo-epochs", type=int, default=common.SETTINGS["ppo_epochs"])
     ap.add_argument("--mini-batch-size", type=int, default=common.SETTINGS["mini_batch_size"], help="samples")
     ap.add_argument(
@@ -78,6 +81,7 @@ def build_config(args, model_dir: Path, out_dir: str):
     cfg.train.seed, cfg.train.total_steps, cfg.train.output_dir = args.seed, args.max_steps, out_dir
     cfg.log.trackers, cfg.log.progress_bar = [], False
     cfg.train.compile = args.compile
+    cfg.model.disable_dropout = not args.dropout
     return cfg
 
 
@@ -91,6 +95,7 @@ def main() -> None:
     trainer = Trainer(build_config(args, model_dir, out_dir))
     system = f"ppo_dist-{args.estimator}" + ("-bf16" if args.precision == "bf16" else "")
     system += "-compile" if args.compile else ""
+    system += "-dropout" if args.dropout else ""
     if (args.ppo_epochs, args.mini_batch_size) != (common.SETTINGS["ppo_epochs"], common.SETTINGS["mini_batch_size"]):
         system += f"-{args.ppo_epochs}ep-mb{args.mini_batch_size}" + ("-no-shortcut" if args.no_shortcut else "")
     records, reached = [], None

@@ -58,6 +58,9 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--beta", type=float, default=S["init_kl_coef"], help="KL coefficient (0 drops the ref model)")
     ap.add_argument("--seed", type=int, default=S["seed"], help="training seed (sampling, shuffling)")
+    ap.add_argument(
+        "--disable-dropout", action="store_true", help="GRPOConfig(disable_dropout=True); TRL's default keeps dropout"
+    )
     ap.add_argument("--out", help="append the summary JSON line to this file")
     ap.add_argument("--steps-out", help="append the per-rollout-step JSON lines to this file")
     return ap.parse_args()
@@ -75,6 +78,7 @@ def main() -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     S = common.SETTINGS
+    system = SYSTEM + ("-no-dropout" if args.disable_dropout else "")
     model_dir = common.ensure_model_dir(args.shape, args.model_dir, seed=S["seed"])
     tokenizer = common.load_tokenizer(model_dir)
     mini = S["mini_batch_size"]
@@ -115,6 +119,7 @@ def main() -> None:
         beta=args.beta,
         epsilon=S["cliprange"],
         gradient_checkpointing=False,
+        disable_dropout=args.disable_dropout,
         bf16=False,
         fp16=False,
         max_steps=args.max_rollouts * opt_steps_per_rollout,
@@ -180,7 +185,7 @@ def main() -> None:
     for i, r in enumerate(rollouts):
         r.pop("_start", None)
         r["opt_s"] = r["s"] - r["gen_s"] - r.get("reward_s", 0.0)
-        rec = {"event": "rollout", "system": SYSTEM, "shape": args.shape, "step": i, **r}
+        rec = {"event": "rollout", "system": system, "shape": args.shape, "step": i, **r}
         print(common.json.dumps(rec, ensure_ascii=False), file=sys.stderr, flush=True)
         if args.steps_out:
             with open(args.steps_out, "a", encoding="utf-8") as f:
@@ -191,7 +196,7 @@ def main() -> None:
     reached = state["reached_at"]
     s_med = common.median([r["s"] for r in timed])
     summary = {
-        "system": SYSTEM,
+        "system": system,
         "shape": args.shape,
         "params": n_params,
         "steps": len(timed),
