@@ -322,3 +322,17 @@ def test_missing_column_is_a_one_line_error_before_the_model_loads(tmp_path):
         "prompt, chosen (missing: rejected)"
     ]
     assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.distributed
+def test_sft_under_zero3_saves_a_loadable_final_model(sft, tmp_path):
+    # ZeRO-3 holds each parameter in shards; accelerate_configs/zero3.yaml has the final model gathered
+    # (zero3_save_16bit_model), so the next stage can load it like the DDP run's.
+    env = cpu_env()
+    env.pop("ACCELERATE_USE_CPU")  # it would turn the DeepSpeed config into plain multi-CPU
+    args = ["--config", "configs/rlhf/sft.yaml", "--train.output_dir", str(tmp_path), "--train.total_steps", "2"]
+    args += ["--log.progress_bar", "false"]
+    launch(args, num_processes=2, config_file="accelerate_configs/zero3.yaml", env=env)
+    zero3 = load_file(str(tmp_path / "final_model" / "model.safetensors"))
+    ddp = load_file(str(sft.ddp / "final_model" / "model.safetensors"))
+    assert zero3.keys() == ddp.keys() and all(zero3[k].shape == ddp[k].shape for k in ddp)
