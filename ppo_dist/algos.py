@@ -435,13 +435,10 @@ def loss_weights(name: str, mask: torch.Tensor, counts: MiniBatchCounts) -> torc
     return LOSS_AGGREGATIONS[name](mask.float(), counts)
 
 
-def metric_weights(name: str, mask: torch.Tensor, counts: MiniBatchCounts) -> torch.Tensor:
-    """Weights that sum to 1 over the global mini-batch, to average per-token statistics.
-
-    The loss weights of ``token_mean`` and ``seq_mean_token_mean`` already do; Dr. GRPO's sum to
-    mean length / horizon, so its statistics are token means.
-    """
-    return loss_weights("token_mean" if name == "seq_mean_token_sum_norm" else name, mask, counts)
+def metric_weights(mask: torch.Tensor, counts: MiniBatchCounts) -> torch.Tensor:
+    """Weights that sum to 1 over the global mini-batch: per-token statistics are token means under
+    every loss aggregation (some aggregations' loss weights do not sum to 1, e.g. Dr. GRPO's)."""
+    return loss_weights("token_mean", mask, counts)
 
 
 # ----------------------------------------------------------------------------- losses

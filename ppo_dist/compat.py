@@ -242,7 +242,7 @@ class PPOTrainer:
                 raise ValueError("generate_ref_response=True needs a reference model, and init_kl_coef=0 builds none")
             # The adapter-disabled reference is the prepared (DDP-wrapped) policy: generate on the module.
             with reference.context(), acc.autocast():
-                ref_model = acc.unwrap_model(reference.model, keep_torch_compile=False)
+                ref_model = distributed.unwrap(acc, reference.model)
                 ref = self._generate_in_chunks(
                     ref_model, queries, chunk, length_sampler, generation_kwargs, return_prompt
                 )

@@ -338,7 +338,7 @@ class PPOEngine:
                 returns=returns[idx, :T] if critic else None,
                 entropy=out.entropy,
                 ref_logprobs=batch.ref_logprobs[idx, :T] if self.kl_in_loss else None,
-                metric_weights=algos.metric_weights(p.loss_agg, mask, counts),
+                metric_weights=algos.metric_weights(mask, counts),
             )
             per_backend = self.plan.gradient_accumulation_steps if zero.zero_stage(acc) else num_micro
             acc.backward(loss * (self.plan.world_size * per_backend))

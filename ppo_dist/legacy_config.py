@@ -250,7 +250,9 @@ class PPOConfig:
 
     @property
     def steps_given(self) -> bool:
-        """Whether ``steps`` was set: the dataloader then yields ``steps`` batches, else one pass (legacy)."""
+        """Whether ``steps`` differs from the legacy default: the dataloader then yields ``steps`` batches,
+        else one pass (legacy). An explicit ``steps=20000`` reads as the default: a dataclass (and
+        ``HfArgumentParser``, which passes every field) cannot tell the two apart."""
         return self.steps != DEFAULT_STEPS
 
     def fill_runtime_fields(self, world_size: int, is_encoder_decoder: bool, is_peft_model: bool) -> None:

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from .models import VALUE_HEAD_FILE, CausalLMWithValueHead, ModelLoadError, freeze, load_causal_lm
-from .seq2seq import Seq2SeqLMWithValueHead, load_seq2seq_lm
+from .models import VALUE_HEAD_FILE, CausalLMWithValueHead, ModelLoadError, freeze, is_peft_model, strip_prefix
+from .seq2seq import Seq2SeqLMWithValueHead
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,8 @@ _MULTI_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 class _LegacyLoading:
-    """``from_pretrained`` with the legacy keyword arguments, shared by both legacy classes."""
-
-    _load_lm = staticmethod(load_causal_lm)
+    """``from_pretrained`` with the legacy keyword arguments, shared by both legacy classes (each loads
+    its LM with its base class's ``_load_lm``)."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | PreTrainedModel, **kwargs: Any):
@@ -103,7 +102,7 @@ class _LegacyLoading:
                 lm = source
             else:
                 lm = cls._load_lm(str(source), **kwargs)
-            if peft_config is not None and _is_peft(lm):
+            if peft_config is not None and is_peft_model(lm):
                 raise ValueError("the model is already a PeftModel: drop peft_config")
             if peft_config is not None:
                 from peft import get_peft_model, prepare_model_for_kbit_training
@@ -131,15 +130,11 @@ class _LegacyLoading:
 
         save_directory = Path(save_directory)
         state_dict = self.state_dict() if state_dict is None else state_dict
-        lm_state = {
-            k.removeprefix("pretrained_model."): v for k, v in state_dict.items() if k.startswith("pretrained_model.")
-        }
+        lm_state = strip_prefix(state_dict, "pretrained_model.")
         adapter = get_peft_model_state_dict(self.pretrained_model, lm_state)
         self.pretrained_model.save_pretrained(save_directory, state_dict=adapter, **kwargs)
         if self.v_head is not None:
-            head = {
-                k.removeprefix("v_head."): v.detach().cpu() for k, v in state_dict.items() if k.startswith("v_head.")
-            }
+            head = {k: v.detach().cpu() for k, v in strip_prefix(state_dict, "v_head.").items()}
             torch.save(head, save_directory / VALUE_HEAD_FILE)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
@@ -169,8 +164,6 @@ class AutoModelForSeq2SeqLMWithValueHead(_LegacyLoading, Seq2SeqLMWithValueHead)
     ``forward(input_ids, attention_mask, decoder_input_ids=...)`` returns ``(logits, loss, values)``
     over the decoder positions; ``is_encoder_decoder`` is ``True``.
     """
-
-    _load_lm = staticmethod(load_seq2seq_lm)
 
 
 def create_reference_model(model, num_shared_layers: int | None = None, pattern: str | None = None):
@@ -243,14 +236,6 @@ def _check_peft_config(peft_config) -> None:
         raise ValueError(f"{type(peft_config).__name__} (prompt learning) is not supported for PPO training")
 
 
-def _is_peft(module) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(module, PeftModel)
-
-
 def _load_adapter(load_lm, path: Path, is_trainable: bool, kwargs: dict):
     from peft import PeftConfig, PeftModel
 
@@ -311,5 +296,4 @@ def _tensors_with_prefix(file: Path, prefix: str) -> dict[str, torch.Tensor]:
 
         with safe_open(str(file), framework="pt") as f:
             return {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-    full = torch.load(file, map_location="cpu", weights_only=True)
-    return {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
+    return strip_prefix(torch.load(file, map_location="cpu", weights_only=True), prefix)

@@ -171,13 +171,13 @@ class ValueHeadModel(nn.Module):
         ``value_head.pt`` beside it when the model has a value head."""
         save_directory = Path(save_directory)
         state_dict = self.state_dict() if state_dict is None else state_dict
-        lm_state = _strip_prefix(state_dict, "pretrained_model.")
+        lm_state = strip_prefix(state_dict, "pretrained_model.")
         if self.is_peft_model:
             save_merged_lora(self.pretrained_model, lm_state, save_directory, **kwargs)
         else:
             self.pretrained_model.save_pretrained(save_directory, state_dict=lm_state, **kwargs)
         if self.v_head is not None:
-            head = _strip_prefix(state_dict, "v_head.")
+            head = strip_prefix(state_dict, "v_head.")
             torch.save({k: v.detach().cpu() for k, v in head.items()}, save_directory / VALUE_HEAD_FILE)
 
     @classmethod
@@ -202,8 +202,8 @@ class CausalLMWithValueHead(ValueHeadModel):
     def _legacy_forward(
         self, input_ids=None, attention_mask=None, position_ids=None, labels=None, logits_to_keep: int = 0, **kwargs
     ):
-        supported = "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters
-        extra = {"logits_to_keep": logits_to_keep} if (logits_to_keep and supported) else {}
+        supported = logits_to_keep and "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters
+        extra = {"logits_to_keep": logits_to_keep} if supported else {}
         out = self.pretrained_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -241,7 +241,7 @@ class CausalLMWithValueHead(ValueHeadModel):
         return self.pretrained_model(input_ids=ids, use_cache=False).logits[:, -T - 1 : -1]
 
 
-def _strip_prefix(state: dict, prefix: str) -> dict:
+def strip_prefix(state: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
@@ -300,19 +300,23 @@ def save_merged_lora(peft_model, lm_state: dict, path: Path, **kwargs) -> None:
 # ---------------------------------------------------------------------------------------- loading
 
 
-def load_causal_lm(name_or_path: str, **kwargs) -> PreTrainedModel:
-    """``AutoModelForCausalLM.from_pretrained`` with one clear error for a bad path or model type."""
-    local = Path(name_or_path)
+def load_pretrained(auto_class, what: str, name_or_path: str, **kwargs) -> PreTrainedModel:
+    """``auto_class.from_pretrained`` with one clear error for a bad path or model type (``what``:
+    the kind of model, for the message)."""
     looks_local = name_or_path.startswith((".", "/", "~")) or (
         os.sep in name_or_path and not _looks_like_hub_id(name_or_path)
     )
-    if looks_local and not local.exists():
+    if looks_local and not Path(name_or_path).expanduser().exists():
         raise ModelLoadError(f"model path {name_or_path!r} does not exist")
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        return auto_class.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError, KeyError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"could not load a causal language model from {name_or_path!r}: {first_line}") from None
+        raise ModelLoadError(f"could not load {what} from {name_or_path!r}: {first_line}") from None
+
+
+def load_causal_lm(name_or_path: str, **kwargs) -> PreTrainedModel:
+    return load_pretrained(AutoModelForCausalLM, "a causal language model", name_or_path, **kwargs)
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -333,7 +337,12 @@ def disable_dropout(model: nn.Module) -> None:
 
 def build_tiny_gpt2(cfg: ModelConfig, tokenizer) -> GPT2LMHeadModel:
     """The embedded default: a GPT-2-shaped model built from a config (seeded by the caller)."""
-    config = GPT2Config(
+    return GPT2LMHeadModel(tiny_gpt2_config(cfg, tokenizer))
+
+
+def tiny_gpt2_config(cfg: ModelConfig, tokenizer) -> GPT2Config:
+    """The embedded default's shape (``model.tiny_*``) for ``tokenizer``."""
+    return GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=cfg.tiny_n_positions,
         n_embd=cfg.tiny_n_embd,
@@ -343,7 +352,6 @@ def build_tiny_gpt2(cfg: ModelConfig, tokenizer) -> GPT2LMHeadModel:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return GPT2LMHeadModel(config)
 
 
 def load_tokenizer(cfg: ModelConfig):

@@ -7,23 +7,14 @@ forcing), exactly what ``generate`` sampled from.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
-from .models import ModelLoadError, TokenScores, ValueHeadModel
+from .models import ModelLoadError, TokenScores, ValueHeadModel, load_pretrained
 
 
 def load_seq2seq_lm(name_or_path: str, **kwargs) -> PreTrainedModel:
-    """``AutoModelForSeq2SeqLM.from_pretrained`` with one clear error for a bad path or model type."""
-    if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists():
-        raise ModelLoadError(f"model path {name_or_path!r} does not exist")
-    try:
-        return AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError, KeyError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"could not load a seq2seq language model from {name_or_path!r}: {first_line}") from None
+    return load_pretrained(AutoModelForSeq2SeqLM, "a seq2seq language model", name_or_path, **kwargs)
 
 
 class Seq2SeqLMWithValueHead(ValueHeadModel):

@@ -192,7 +192,7 @@ def test_statistics_are_averages_under_every_loss_aggregation(agg):
         m = mask[rows]
         _, metrics = algos.ppo_loss(
             x["logprobs"][rows], x["old_logprobs"][rows], x["advantages"][rows], algos.loss_weights(agg, m, counts),
-            TERMS, entropy=x["entropy"][rows], metric_weights=algos.metric_weights(agg, m, counts),
+            TERMS, entropy=x["entropy"][rows], metric_weights=algos.metric_weights(m, counts),
         )  # fmt: skip
         ratio += metrics["policy/ratio"].item()
         clipfrac += metrics["policy/clipfrac"].item()

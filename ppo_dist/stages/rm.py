@@ -14,11 +14,8 @@ held-out pairs under ``eval/``. Output: ``final_model/``, a valid ``reward.model
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from ..config import ConfigError
-from ..models import ModelLoadError, build_tiny_gpt2
+from ..models import load_pretrained, tiny_gpt2_config
 from ..pipeline_data import preference_pairs
 from .runner import StageRunner
 
@@ -74,18 +71,15 @@ class Runner(StageRunner):
 
         m = self.cfg.model
         if not m.name_or_path:
-            config = build_tiny_gpt2(m, self.tokenizer).config  # the embedded model's shape
+            config = tiny_gpt2_config(m, self.tokenizer)
             config.num_labels = 1
             return AutoModelForSequenceClassification.from_config(config)
-        path = m.name_or_path
-        if path.startswith((".", "/", "~")) and not Path(os.path.expanduser(path)).exists():
-            raise ModelLoadError(f"model path {path!r} does not exist")
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, trust_remote_code=m.trust_remote_code
-            )
-        except (OSError, ValueError, KeyError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelLoadError(f"could not load {path!r} as a sequence classifier: {first_line}") from None
+        model = load_pretrained(
+            AutoModelForSequenceClassification,
+            "a sequence classifier",
+            m.name_or_path,
+            num_labels=1,
+            trust_remote_code=m.trust_remote_code,
+        )
         model.config.pad_token_id = self.tokenizer.pad_token_id
         return model

@@ -33,7 +33,6 @@ import math
 import os
 import re
 import shutil
-import signal
 from pathlib import Path
 
 from accelerate import PartialState
@@ -44,7 +43,7 @@ from .. import distributed, tracking, zero
 from ..checkpoint import COMPLETE, CheckpointError, complete_checkpoints
 from ..config import LR_SCHEDULERS, Config, ConfigError, validate
 from ..data import load_dataset_source
-from ..guards import Preempted
+from ..guards import Preempted, StopSignals
 from ..models import build_tiny_gpt2, disable_dropout, load_causal_lm, load_tokenizer
 from ..trainer import check_writable
 from . import STAGES
@@ -71,15 +70,11 @@ class StopOnSignal(TrainerCallback):
 
     def __init__(self, any_process):
         self.any_process = any_process
-        self.signum: int | None = None
+        self.signals = StopSignals()  # the PPO trainer's handlers
         self.stopped = False
 
     def install(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
+        self.signals.install()
 
     def on_train_begin(self, args, state, control, **kwargs):
         # Printed once the handlers are in place: launch scripts and tests may signal from here on.
@@ -90,7 +85,7 @@ class StopOnSignal(TrainerCallback):
         )
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.any_process(self.signum is not None):
+        if self.any_process(self.signals.requested):
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
