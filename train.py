@@ -26,11 +26,12 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
 
-    from ppo_dist.checkpoint import CheckpointError
     from ppo_dist.models import ModelLoadError
     from ppo_dist.rewards import RewardError
+    from ppo_dist.rl.trainer import Trainer
+    from ppo_dist.runtime.checkpoint import CheckpointError
+    from ppo_dist.runtime.guards import KLGuardError, NumericsError
     from ppo_dist.stages import runner_class
-    from ppo_dist.trainer import KLGuardError, NumericsError, Trainer
 
     try:
         build = Trainer if cfg.stage == "ppo" else runner_class(cfg.stage)  # sft, rm, dpo: the same interface

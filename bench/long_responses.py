@@ -45,7 +45,7 @@ def parse_args() -> argparse.Namespace:
 
 def build_trainer(max_new_tokens: int, mode: str, out_dir: str):
     from ppo_dist.config import Config
-    from ppo_dist.trainer import Trainer
+    from ppo_dist.rl.trainer import Trainer
 
     cfg = Config()
     m = cfg.model
@@ -91,21 +91,22 @@ def run_step(trainer, step: int, targets: list[int]) -> dict:
     import torch
     from transformers import LogitsProcessorList
 
-    from ppo_dist import tracking, zero
-    from ppo_dist.rollout import generate
+    from ppo_dist.rl.engines.hf import generate, generation_config
+    from ppo_dist.runtime import tracking, zero
 
-    acc, tok = trainer.accelerator, trainer.tokenizer
-    batch = trainer.stream.local_batch(step, 0, 1)
+    acc, tok, learner = trainer.accelerator, trainer.tokenizer, trainer.learner
+    batch = learner.experience.prompts.local_batch(step, 0, 1)
     tracking.reset_peak_memory(acc.device)
     t0 = time.perf_counter()
-    with zero.gathered_for_generation(acc, trainer.engine.model) as model, torch.no_grad():
+    with zero.gathered_for_generation(acc, learner.policy.model) as model, torch.no_grad():
         model.eval()
         processor = LogitsProcessorList([forced_lengths_processor(targets, tok.eos_token_id)])
-        rollout = generate(model, batch.input_ids, tok, trainer.gen_config, logits_processor=processor)
+        gen_config = generation_config(learner.experience.sampling)
+        rollout = generate(model, batch.input_ids, tok, gen_config, logits_processor=processor)
     t_gen = time.perf_counter() - t0
     lengths = rollout.response_mask.sum(1).tolist()
     scores = torch.tensor([n / max(targets) for n in lengths])  # any score; the cost does not depend on it
-    stats = trainer.engine.step(rollout, scores)
+    stats = learner.step(rollout, scores)
     return {
         "gen_s": t_gen,
         "logprobs_s": stats["time/logprobs"],
@@ -115,7 +116,7 @@ def run_step(trainer, step: int, targets: list[int]) -> dict:
         "response_tokens": sum(lengths),
         "lengths": lengths,
         "peak_rss_mb": tracking.peak_memory_gb(acc.device) * 1024,
-        "micro_batches": trainer.engine.micro_batch_counts,
+        "micro_batches": learner.update.micro_batch_counts,
     }
 
 

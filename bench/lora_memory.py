@@ -26,6 +26,7 @@ One JSON line per mode on stdout (appended to --out). On a CUDA machine the same
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -76,10 +77,10 @@ def worker(args) -> None:
     import torch
     from transformers import LogitsProcessorList
 
-    from ppo_dist import distributed, tracking, zero
     from ppo_dist.config import parse_args as parse_config
-    from ppo_dist.rollout import generate
-    from ppo_dist.trainer import Trainer
+    from ppo_dist.rl.engines.hf import generate, generation_config
+    from ppo_dist.rl.trainer import Trainer
+    from ppo_dist.runtime import distributed, tracking, zero
 
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = parse_config([
@@ -89,7 +90,8 @@ def worker(args) -> None:
             "--train.output_dir", out_dir, *MODES[args.mode],
         ])  # fmt: skip
         trainer = Trainer(cfg)
-        acc, tok = trainer.accelerator, trainer.tokenizer
+        acc, tok, learner = trainer.accelerator, trainer.tokenizer, trainer.learner
+        sampling = dataclasses.replace(learner.experience.sampling, min_new_tokens=args.new_tokens)  # full length
 
         def only_tokenizer_ids(input_ids, scores):  # the embedded tokenizer knows 512 of the 50257 ids
             scores[:, len(tok) :] = -float("inf")
@@ -97,25 +99,24 @@ def worker(args) -> None:
 
         for step in range(2):
             t0 = time.perf_counter()
-            batch = trainer.stream.local_batch(step, acc.process_index, acc.num_processes)
+            batch = learner.experience.prompts.local_batch(step, acc.process_index, acc.num_processes)
             tracking.reset_peak_memory(acc.device)
-            with zero.gathered_for_generation(acc, trainer.engine.model) as model, torch.no_grad():
+            with zero.gathered_for_generation(acc, learner.policy.model) as model, torch.no_grad():
                 model.eval()
-                trainer.gen_config.min_new_tokens = args.new_tokens  # every response is full length
-                rollout = generate(model, batch.input_ids, tok, trainer.gen_config,
+                rollout = generate(model, batch.input_ids, tok, generation_config(sampling),
                                    logits_processor=LogitsProcessorList([only_tokenizer_ids]))  # fmt: skip
             t_gen = time.perf_counter() - t0
-            stats = trainer.engine.step(rollout, torch.randn(len(rollout)))
+            stats = learner.step(rollout, torch.randn(len(rollout)))
             seconds = time.perf_counter() - t0
             peak = distributed.reduce_max(acc, torch.tensor([tracking.peak_memory_gb(acc.device)])).item()
-        trainable = sum(p.numel() for p in trainer.engine.policy.unwrapped.parameters() if p.requires_grad)
+        trainable = sum(p.numel() for p in learner.policy.unwrapped.parameters() if p.requires_grad)
         if acc.is_main_process:
             print(json.dumps({
                 "bench": "lora_memory", "mode": args.mode, "processes": acc.num_processes,
                 "peak_mb_per_process": round(peak * 1024), "s_per_step": round(seconds, 2),
                 "gen_s": round(t_gen, 2), "update_s": round(stats["time/update"], 2),
                 "logprobs_s": round(stats["time/logprobs"], 2), "trainable_params": trainable,
-                "reference": trainer.engine.reference.kind, "device": str(acc.device),
+                "reference": learner.reference.kind, "device": str(acc.device),
             }), flush=True)  # fmt: skip
         trainer.close()
 

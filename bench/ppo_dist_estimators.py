@@ -88,7 +88,7 @@ def build_config(args, model_dir: Path, out_dir: str):
 def main() -> None:
     args = parse_args()
     common.set_threads(args.threads)
-    from ppo_dist.trainer import Trainer
+    from ppo_dist.rl.trainer import Trainer
 
     model_dir = common.ensure_model_dir(args.shape, args.model_dir, seed=common.SETTINGS["seed"])
     out_dir = tempfile.mkdtemp(prefix="ppo_dist_bench_")
@@ -102,14 +102,16 @@ def main() -> None:
     t_start = time.perf_counter()
     for step in range(1, args.max_steps + 1):
         t0 = time.perf_counter()
-        rollout, components, _, timings = trainer.rollout_step(step)
+        experience = trainer.learner.experience.make(step)
         t1 = time.perf_counter()
-        stats = trainer.engine.step(rollout, components["score"], components.get("valid"))
+        stats = trainer.learner.learn(experience)
         t2 = time.perf_counter()
+        timings = experience.timings
+        opt_s = timings["time/logprobs"] + timings["time/advantages"] + t2 - t1
         window = [r["reward_mean"] for r in records[-(args.ma - 1) :]] + [stats["env/reward_mean"]]
         rec = {
             "event": "step", "system": system, "shape": args.shape, "step": step, "s": t2 - t0,
-            "gen_s": timings["time/rollout"], "reward_s": timings["time/reward"], "opt_s": t2 - t1,
+            "gen_s": timings["time/rollout"], "reward_s": timings["time/reward"], "opt_s": opt_s,
             "reward_mean": stats["env/reward_mean"], "ma": sum(window) / len(window),
             "kl": stats.get("objective/kl"), "resp_len_mean": stats["tokens/responses_len_mean"],
         }  # fmt: skip
@@ -139,8 +141,8 @@ def main() -> None:
         "gen_s": round(common.median([r["gen_s"] for r in timed]), 4),
         "opt_s": round(common.median([r["opt_s"] for r in timed]), 4),
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
-        "value_head": trainer.engine.policy.has_critic,
-        "on_policy_shortcut": trainer.engine.on_policy_shortcut,
+        "value_head": trainer.learner.policy.has_critic,
+        "on_policy_shortcut": trainer.learner.experience.on_policy_shortcut,
         "command": " ".join(["python", *sys.argv]),
     }
     common.emit(summary, args.out)

@@ -53,7 +53,7 @@ def main() -> None:
     import transformers
 
     from ppo_dist import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
-    from ppo_dist.distributed import reduce_max
+    from ppo_dist.runtime.distributed import reduce_max
 
     S = common.SETTINGS
     model_dir = common.ensure_model_dir(args.shape, args.model_dir, seed=S["seed"])

@@ -90,7 +90,7 @@ def worker(args) -> None:
     import torch
 
     from ppo_dist.config import parse_args
-    from ppo_dist.trainer import Trainer
+    from ppo_dist.rl.trainer import Trainer
 
     model_dir = common.ensure_model_dir(args.shape, None, seed=common.SETTINGS["seed"])
     cfg = parse_args(
@@ -118,26 +118,26 @@ def worker(args) -> None:
         ]
     )
     trainer = Trainer(cfg)
-    acc, engine = trainer.accelerator, trainer.engine
+    acc, learner = trainer.accelerator, trainer.learner
     setup_peak = _rss_mb("VmHWM")
     if args.trim:
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed setup memory (full copies before sharding) back
     _reset_peak_rss()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    rollout, components, _, _ = trainer.rollout_step(0)
+    experience = learner.experience.make(1)
     rollout_peak = _rss_mb("VmHWM")
     _reset_peak_rss()
-    stats = engine.step(rollout, components["score"], components.get("valid"))
+    stats = learner.learn(experience)
     update_peak = _rss_mb("VmHWM")
     record = {
         "rank": acc.process_index,
-        "policy_param_bytes": _held_bytes(engine.model),
+        "policy_param_bytes": _held_bytes(learner.policy.model),
         "policy_full_bytes": sum(
-            getattr(p, "ds_numel", p.numel()) * p.element_size() for p in engine.model.parameters()
+            getattr(p, "ds_numel", p.numel()) * p.element_size() for p in learner.policy.model.parameters()
         ),
-        "ref_param_bytes": _held_bytes(engine.reference.model),
-        "optim_bytes": _optimizer_bytes(engine.optimizer, engine.model),
+        "ref_param_bytes": _held_bytes(learner.reference.model),
+        "optim_bytes": _optimizer_bytes(learner.update.optimizer, learner.policy.model),
         "setup_peak_rss_mb": round(setup_peak, 1),
         "rollout_peak_rss_mb": round(rollout_peak, 1),
         "update_peak_rss_mb": round(update_peak, 1),

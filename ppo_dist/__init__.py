@@ -5,17 +5,17 @@ The legacy trl (<= 0.11) PPO API is importable from the top level, as from ``trl
     from ppo_dist import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, set_seed
     from ppo_dist.core import LengthSampler
 
-(see :mod:`ppo_dist.compat`). Imported lazily so ``train.py`` can check its config before transformers and
+(see :mod:`ppo_dist.legacy`). Imported lazily so ``train.py`` can check its config before transformers and
 the models load.
 """
 
 _LEGACY = {
-    "PPOConfig": "legacy_config",
-    "PPOTrainer": "compat",
-    "AutoModelForCausalLMWithValueHead": "legacy_models",
-    "AutoModelForSeq2SeqLMWithValueHead": "legacy_models",
-    "create_reference_model": "legacy_models",
-    "set_seed": "core",
+    "PPOConfig": "legacy.config",
+    "PPOTrainer": "legacy.trainer",
+    "AutoModelForCausalLMWithValueHead": "legacy.models",
+    "AutoModelForSeq2SeqLMWithValueHead": "legacy.models",
+    "create_reference_model": "legacy.models",
+    "set_seed": "legacy.core",
 }
 __all__ = list(_LEGACY)
 

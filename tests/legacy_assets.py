@@ -11,7 +11,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification, T5Config, T5
 
 from ppo_dist.config import SEED_PROMPTS, ModelConfig
 from ppo_dist.models import build_tiny_gpt2, load_tokenizer
-from ppo_dist.tokenizer import CORPUS
+from ppo_dist.models.tokenizer import CORPUS
 
 TINY = ModelConfig(tiny_n_layer=1, tiny_n_embd=32, tiny_n_head=2)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from ppo_dist.checkpoint import (
+from ppo_dist.runtime.checkpoint import (
     COMPLETE,
     MANIFEST,
     CheckpointError,
@@ -99,7 +99,7 @@ def test_resume_auto_sets_damaged_checkpoints_aside_in_one_line_and_loads_the_ne
     weights = manager.root / "step_2" / "model.safetensors"
     size = weights.stat().st_size
     weights.write_bytes(weights.read_bytes()[:100])
-    with caplog.at_level(logging.INFO, logger="ppo_dist.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="ppo_dist.runtime.checkpoint"):
         assert manager.maybe_resume("auto") == 1
     assert torch.all(model.weight == 1.0)
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
@@ -136,7 +136,7 @@ def test_explicitly_named_damaged_checkpoint_is_an_error_naming_the_file(saved):
 def test_checkpoint_without_manifest_loads_unverified_and_says_so_once(saved, caplog):
     manager, model = saved
     (manager.root / "step_2" / MANIFEST).unlink()
-    with caplog.at_level(logging.INFO, logger="ppo_dist.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="ppo_dist.runtime.checkpoint"):
         assert manager.maybe_resume("auto") == 2
     assert torch.all(model.weight == 2.0)
     assert [r.getMessage() for r in caplog.records] == [

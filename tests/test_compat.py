@@ -211,23 +211,23 @@ def test_no_eos_penalty_hits_only_responses_that_never_ended(trainer):
     # Width-1 responses that are EOS alone have ended: the engine reads that from the tokens, not
     # from how much of the width the mask covers (which cannot tell them apart when pad == EOS).
     from ppo_dist.rewards import RewardNormalizer
-    from ppo_dist.rollout import Rollout
+    from ppo_dist.rl.rollout import Rollout
 
-    engine, eos = trainer.engine, trainer.tokenizer.eos_token_id
-    engine.normalizer = RewardNormalizer(no_eos_penalty=-1.0)
+    experience, eos = trainer.learner.experience, trainer.tokenizer.eos_token_id
+    experience.normalizer = RewardNormalizer(no_eos_penalty=-1.0)
     queries, query_mask = torch.tensor([[5, 6], [7, 8], [9, 10]]), torch.ones(3, 2, dtype=torch.long)
     responses, response_mask = torch.tensor([[eos], [eos], [4]]), torch.ones(3, 1, dtype=torch.long)
-    batch = engine.score_rollout(Rollout(queries, query_mask, responses, response_mask), torch.zeros(3))
+    batch = experience.from_rollout(Rollout(queries, query_mask, responses, response_mask), torch.zeros(3), step=1)
     assert batch.scores.tolist() == [0.0, 0.0, -1.0]
 
 
 def test_finished_fraction_counts_responses_that_end_with_eos_even_at_full_width(trainer):
-    from ppo_dist.rollout import Rollout
+    from ppo_dist.rl.rollout import Rollout
 
     eos, pad = trainer.tokenizer.eos_token_id, trainer.tokenizer.pad_token_id
     queries, query_mask = torch.tensor([[5, 6], [7, 8], [9, 10], [11, 12]]), torch.ones(4, 2, dtype=torch.long)
     # ended at full width, ended early, ran out of tokens, ended at full width
     responses = torch.tensor([[5, eos], [eos, pad], [6, 7], [8, eos]])
     response_mask = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 1]])
-    stats = trainer.engine.step(Rollout(queries, query_mask, responses, response_mask), torch.zeros(4))
+    stats = trainer.learner.step(Rollout(queries, query_mask, responses, response_mask), torch.zeros(4))
     assert stats["tokens/responses_finished_frac"] == pytest.approx(0.75)  # "shorter than the width" would say 0.25

@@ -7,10 +7,10 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
-from ppo_dist import distributed
 from ppo_dist.config import parse_args, validate
-from ppo_dist.engine import build_engine
 from ppo_dist.models import CausalLMWithValueHead, load_tokenizer
+from ppo_dist.rl.learner import build_learner
+from ppo_dist.runtime import distributed
 
 from .launch import TINY_ARGS
 
@@ -30,10 +30,10 @@ def test_compiled_policy_is_unwrapped_for_generation_and_saved_under_its_own_nam
     acc = distributed.build_accelerator(cfg, plan)
     set_seed(0)
     tokenizer = load_tokenizer(cfg.model)
-    engine = build_engine(cfg, acc, tokenizer, plan)
-    assert isinstance(engine.model, torch._dynamo.eval_frame.OptimizedModule)
-    assert type(engine.policy.unwrapped) is CausalLMWithValueHead
-    engine.save_pretrained(tmp_path, tokenizer)
+    learner = build_learner(cfg, acc, tokenizer, plan)
+    assert isinstance(learner.policy.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert type(learner.policy.unwrapped) is CausalLMWithValueHead
+    learner.save_pretrained(tmp_path, tokenizer)
     saved = load_file(str(tmp_path / "model.safetensors"))
     assert "transformer.h.0.attn.c_attn.weight" in saved and not [k for k in saved if "_orig_mod" in k]
     assert (tmp_path / "value_head.pt").is_file()

@@ -9,7 +9,9 @@ import torch
 from ppo_dist.config import ConfigError, DataConfig, ModelConfig
 from ppo_dist.data import PromptStream, load_prompt_dataset, tokenize_prompts
 from ppo_dist.models import build_policy, load_tokenizer
-from ppo_dist.rollout import Rollout, left_pad, plan_micro_batches, right_pad, score_in_micro_batches, truncate_at_eos
+from ppo_dist.rl.batching import plan_micro_batches
+from ppo_dist.rl.roles import score_in_micro_batches
+from ppo_dist.rl.rollout import Rollout, left_pad, right_pad, truncate_at_eos
 
 from .launch import TINY_ARGS, launch
 

@@ -9,11 +9,13 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ppo_dist import distributed
 from ppo_dist.config import LoRAConfig, ModelConfig, parse_args, validate
-from ppo_dist.engine import build_engine
 from ppo_dist.models import apply_lora, build_tiny_gpt2, load_tokenizer
-from ppo_dist.rollout import Rollout, left_pad, plan_micro_batches, right_pad
+from ppo_dist.rl.batching import plan_micro_batches
+from ppo_dist.rl.learner import build_learner
+from ppo_dist.rl.roles import Reference
+from ppo_dist.rl.rollout import Rollout, left_pad, right_pad
+from ppo_dist.runtime import distributed
 
 from .launch import TINY_ARGS, launch
 
@@ -26,12 +28,12 @@ def test_only_adapters_and_value_head_train_and_the_reference_stays_the_base_mod
     acc = distributed.build_accelerator(cfg, plan)
     set_seed(0)
     tokenizer = load_tokenizer(cfg.model)
-    engine = build_engine(cfg, acc, tokenizer, plan)
-    assert engine.reference.kind == "adapter-disabled policy" and engine.policy.unwrapped.is_peft_model
-    trainable = {n for n, p in engine.policy.unwrapped.named_parameters() if p.requires_grad}
+    learner = build_learner(cfg, acc, tokenizer, plan)
+    assert learner.reference.kind == "adapter-disabled policy" and learner.policy.unwrapped.is_peft_model
+    trainable = {n for n, p in learner.policy.unwrapped.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("v_head.") for n in trainable)
-    assert {id(p) for g in engine.optimizer.param_groups for p in g["params"]} == {
-        id(p) for p in engine.policy.unwrapped.parameters() if p.requires_grad
+    assert {id(p) for g in learner.update.optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in learner.policy.unwrapped.parameters() if p.requires_grad
     }
     q, qm = left_pad([torch.tensor([5, 6, 7]), torch.tensor([8]), torch.tensor([9, 10]), torch.tensor([11])], 1)
     r, rm = right_pad(
@@ -39,14 +41,14 @@ def test_only_adapters_and_value_head_train_and_the_reference_stays_the_base_mod
     )
     rollout = Rollout(q, qm, r, rm)
     micro = plan_micro_batches(*rollout.lengths(), max_samples=4)
-    before = {n: p.detach().clone() for n, p in engine.policy.unwrapped.named_parameters()}
-    ref_before = engine.reference.logprobs(rollout, micro)
+    before = {n: p.detach().clone() for n, p in learner.policy.unwrapped.named_parameters()}
+    ref_before = learner.reference.logprobs(rollout, micro)
     for _ in range(2):
-        engine.step(rollout, torch.tensor([1.0, -1.0, 0.5, 0.0]))
-    changed = {n for n, p in engine.policy.unwrapped.named_parameters() if not torch.equal(p, before[n])}
+        learner.step(rollout, torch.tensor([1.0, -1.0, 0.5, 0.0]))
+    changed = {n for n, p in learner.policy.unwrapped.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= trainable and any("lora_B" in n for n in changed)
-    torch.testing.assert_close(engine.reference.logprobs(rollout, micro), ref_before)  # the base model, unchanged
-    policy_lp = engine.reference.__class__(engine.policy.model).logprobs(rollout, micro)  # adapter on
+    torch.testing.assert_close(learner.reference.logprobs(rollout, micro), ref_before)  # the base model, unchanged
+    policy_lp = Reference(learner.policy.model).logprobs(rollout, micro)  # adapter on
     assert (policy_lp - ref_before).abs().max() > 1e-3
 
 

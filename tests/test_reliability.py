@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppo_dist.checkpoint import complete_checkpoints
 from ppo_dist.config import ConfigError, DataConfig, ModelConfig, RolloutConfig
 from ppo_dist.data import PromptStream, load_prompt_dataset, tokenize_prompts
 from ppo_dist.models import build_tiny_gpt2, load_tokenizer, prepare_tokenizer
-from ppo_dist.rollout import ends_with_eos, generate, make_generation_config, truncate_at_eos
+from ppo_dist.rl.engines import Sampling
+from ppo_dist.rl.engines.hf import generate, generation_config
+from ppo_dist.rl.rollout import ends_with_eos, truncate_at_eos
+from ppo_dist.runtime.checkpoint import complete_checkpoints
 from tests.launch import REPO, TINY_ARGS, cpu_env, launch
 
 BAD = REPO / "tests" / "scripts" / "bad_rewards.py"
@@ -280,7 +282,7 @@ def test_generation_with_pad_equal_to_eos_keeps_eos_first_responses_valid(tokeni
     model = build_tiny_gpt2(ModelConfig(tiny_n_layer=1, tiny_n_embd=32, tiny_n_head=2), tok).eval()
     with torch.no_grad():  # make EOS the likeliest token after token 5 only
         model.lm_head.weight.zero_()
-    gen = make_generation_config(RolloutConfig(max_new_tokens=4, do_sample=False), tok)
+    gen = generation_config(Sampling.from_config(RolloutConfig(max_new_tokens=4, do_sample=False), tok))
     rollout = generate(model, [torch.tensor([5, 6]), torch.tensor([7])], tok, gen)
     # Greedy over uniform logits picks token 0 (= EOS) first: empty responses are EOS alone, still valid.
     assert rollout.response_mask[:, 0].tolist() == [1, 1] and rollout.response_mask[:, 1:].sum() == 0

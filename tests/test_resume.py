@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ppo_dist.checkpoint import complete_checkpoints
-from ppo_dist.trainer import PREEMPTED_EXIT_CODE
+from ppo_dist.runtime.checkpoint import complete_checkpoints
+from ppo_dist.runtime.guards import PREEMPTED_EXIT_CODE
 
 from .launch import READY, REPO, TINY_ARGS, Output, cpu_env, launch
 

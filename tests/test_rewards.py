@@ -280,7 +280,7 @@ def test_config_validation_of_reward_fields():
 def tiny_rm_dir(tmp_path_factory):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    from ppo_dist.tokenizer import load_embedded_tokenizer
+    from ppo_dist.models.tokenizer import load_embedded_tokenizer
 
     tok = load_embedded_tokenizer()
     torch.manual_seed(0)
@@ -319,7 +319,8 @@ def test_reward_model_scores_equal_manual_forward_in_micro_batches(tiny_rm_dir):
     out = reward(prompts, completions)
     expected = _manual_scores(model, tok, [p + c for p, c in zip(prompts, completions, strict=True)])
     assert out["reward_model"].tolist() == pytest.approx(expected, abs=1e-5)
-    assert reward.modules()[0].training is False and not any(p.requires_grad for p in reward.modules()[0].parameters())
+    scorer = reward.model_scorers()[0].model
+    assert scorer.training is False and not any(p.requires_grad for p in scorer.parameters())
     assert isinstance(reward.model_scorers()[0], RewardModelScorer)
 
 
@@ -334,7 +335,7 @@ def test_reward_model_truncates_from_the_left(tiny_rm_dir):
 def test_reward_model_without_pad_token_uses_eos_with_warning(tmp_path, caplog):
     from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
 
-    from ppo_dist.tokenizer import EOS_TOKEN, TOKENIZER_FILE
+    from ppo_dist.models.tokenizer import EOS_TOKEN, TOKENIZER_FILE
 
     tok = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_FILE), eos_token=EOS_TOKEN)
     assert tok.pad_token is None
@@ -354,7 +355,7 @@ def test_reward_model_without_pad_token_uses_eos_with_warning(tmp_path, caplog):
 def test_reward_model_with_two_labels_is_rejected(tmp_path):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    from ppo_dist.tokenizer import load_embedded_tokenizer
+    from ppo_dist.models.tokenizer import load_embedded_tokenizer
 
     tok = load_embedded_tokenizer()
     GPT2ForSequenceClassification(

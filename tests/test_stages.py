@@ -185,7 +185,7 @@ def test_reward_model_ranks_held_out_pairs_as_ppo_scores_them(rm):
     """The rm stage's output is a valid reward.model_path: PPO's scorer ranks the held-out pairs."""
     import datasets
 
-    from ppo_dist.pipeline_data import preference_pairs
+    from ppo_dist.data.pipeline import preference_pairs
     from ppo_dist.rewards import RewardModelScorer
     from ppo_dist.stages.runner import split_held_out
 
@@ -261,7 +261,7 @@ def test_plot_follows_each_stages_tags(sft, rm, dpo, tmp_path):
 
 
 def test_embedded_pairs_follow_the_seed_reward():
-    from ppo_dist.pipeline_data import preference_pairs, sft_examples
+    from ppo_dist.data.pipeline import preference_pairs, sft_examples
     from ppo_dist.rewards import chinese_rule
 
     pairs = preference_pairs()

@@ -6,7 +6,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ppo_dist.config import Config, ConfigError
-from ppo_dist.tracking import check_trackers, flat_hparams, sample_table
+from ppo_dist.runtime.tracking import check_trackers, flat_hparams, sample_table
 from tests.launch import REPO, TINY_ARGS, launch
 
 LEGACY_TAGS = [

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from transformers import set_seed
 
+from ..data import preference_pairs
 from ..models import freeze
-from ..pipeline_data import preference_pairs
 from .runner import StageRunner
 
 

@@ -15,8 +15,8 @@ held-out pairs under ``eval/``. Output: ``final_model/``, a valid ``reward.model
 from __future__ import annotations
 
 from ..config import ConfigError
-from ..models import load_pretrained, tiny_gpt2_config
-from ..pipeline_data import preference_pairs
+from ..data import preference_pairs
+from ..models import load_pretrained, match_pad_token, tiny_gpt2_config
 from .runner import StageRunner
 
 
@@ -81,5 +81,5 @@ class Runner(StageRunner):
             num_labels=1,
             trust_remote_code=m.trust_remote_code,
         )
-        model.config.pad_token_id = self.tokenizer.pad_token_id
+        match_pad_token(model, self.tokenizer)
         return model

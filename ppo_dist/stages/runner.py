@@ -5,8 +5,8 @@ preparation. Around the TRL trainer (a ``transformers.Trainer``) the runner prov
 
 * **configuration**: model / data / optim / train / log / checkpoint keep their PPO meaning and map
   onto ``TrainingArguments`` (:meth:`StageRunner.training_args`); ``<stage>.batch_size`` is global and
-  split over processes and accumulation steps once, before anything loads (``stages.validate_stage``).
-* **data**: ``data.path`` / ``data.dataset_name`` or the embedded default (:mod:`ppo_dist.pipeline_data`);
+  split over processes and accumulation steps once, before anything loads (``config.stages.validate_stage``).
+* **data**: ``data.path`` / ``data.dataset_name`` or the embedded default (:mod:`ppo_dist.data.pipeline`);
   the columns the stage needs are checked up front; ``<stage>.eval_fraction`` is held out (seeded) and
   evaluated at the end (and every ``<stage>.eval_every`` steps).
 * **checkpoints**: the Trainer's ``<output_dir>/checkpoints/checkpoint-N/`` (model, optimizer,
@@ -39,14 +39,12 @@ from accelerate import PartialState
 from transformers import TrainerCallback, TrainerState, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 
-from .. import distributed, tracking, zero
-from ..checkpoint import COMPLETE, CheckpointError, complete_checkpoints
-from ..config import LR_SCHEDULERS, Config, ConfigError, validate
+from ..config import LR_SCHEDULERS, STAGES, Config, ConfigError, validate
 from ..data import load_dataset_source
-from ..guards import Preempted, StopSignals
-from ..models import build_tiny_gpt2, disable_dropout, load_causal_lm, load_tokenizer
-from ..trainer import check_writable
-from . import STAGES
+from ..models import causal_lm, disable_dropout, load_tokenizer
+from ..runtime import distributed, tracking, zero
+from ..runtime.checkpoint import COMPLETE, CheckpointError, check_writable, complete_checkpoints
+from ..runtime.guards import Preempted, StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -288,14 +286,7 @@ class StageRunner:
 
     def causal_lm(self, name_or_path: str | None):
         """A causal LM from ``name_or_path``, or the embedded tiny GPT-2 when empty."""
-        m = self.cfg.model
-        if name_or_path:
-            model = load_causal_lm(name_or_path, trust_remote_code=m.trust_remote_code)
-        else:
-            model = build_tiny_gpt2(m, self.tokenizer)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id
-        return model
+        return causal_lm(self.cfg.model, self.tokenizer, name_or_path)
 
     # ------------------------------------------------------------------ run
 

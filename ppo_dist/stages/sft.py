@@ -9,7 +9,7 @@ is a valid ``model.name_or_path`` for the rm, dpo and ppo stages.
 
 from __future__ import annotations
 
-from ..pipeline_data import sft_examples
+from ..data import sft_examples
 from .runner import StageRunner
 
 

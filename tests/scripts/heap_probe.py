@@ -7,8 +7,8 @@ process set up as training sets itself up (ppo_dist's accelerator built from the
 import ctypes
 import sys
 
-from ppo_dist import distributed
 from ppo_dist.config import parse_args, validate
+from ppo_dist.runtime import distributed
 
 cfg = parse_args(["--train.cpu_malloc_reuse", sys.argv[1], "--log.trackers", "[]", "--train.output_dir", sys.argv[2]])
 distributed.build_accelerator(cfg, validate(cfg, 1))

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from ppo_dist import distributed
 from ppo_dist.config import parse_args, validate
-from ppo_dist.engine import build_engine
 from ppo_dist.models import load_tokenizer
-from ppo_dist.rollout import Rollout, left_pad, right_pad
+from ppo_dist.rl.learner import build_learner
+from ppo_dist.rl.rollout import Rollout, left_pad, right_pad
+from ppo_dist.runtime import distributed
 
 
 def fixed_global_batch(tokenizer, B: int):
@@ -40,9 +40,9 @@ def run_variant(acc, out: Path, name: str, argv: list[str]) -> None:
     plan = validate(cfg, acc.num_processes)
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model)
-    engine = build_engine(cfg, acc, tokenizer, plan)
-    trainable = [n for n, p in engine.policy.unwrapped.named_parameters() if p.requires_grad]
-    initial = acc.get_state_dict(engine.model)
+    learner = build_learner(cfg, acc, tokenizer, plan)
+    trainable = [n for n, p in learner.policy.unwrapped.named_parameters() if p.requires_grad]
+    initial = acc.get_state_dict(learner.policy.model)
     initial = {n: initial[n].detach().cpu().double().clone() for n in trainable}
     queries, responses, scores = fixed_global_batch(tokenizer, plan.batch_size)
     lo, hi = acc.process_index * plan.local_batch_size, (acc.process_index + 1) * plan.local_batch_size
@@ -51,10 +51,10 @@ def run_variant(acc, out: Path, name: str, argv: list[str]) -> None:
     rollout = Rollout(q.to(acc.device), qm.to(acc.device), r.to(acc.device), rm.to(acc.device))
     stats, counts = [], []
     for _ in range(2):
-        stats.append(engine.step(rollout, scores[lo:hi].to(acc.device)))
-        counts.append(engine.micro_batch_counts)
+        stats.append(learner.step(rollout, scores[lo:hi].to(acc.device)))
+        counts.append(learner.update.micro_batch_counts)
     all_counts = distributed.gather_strings(acc, json.dumps(counts))
-    state = acc.get_state_dict(engine.model)
+    state = acc.get_state_dict(learner.policy.model)
     if acc.is_main_process:
         record = {"stats": stats, "micro_batches": [json.loads(c) for c in all_counts]}
         (out / f"{name}.json").write_text(json.dumps(record))

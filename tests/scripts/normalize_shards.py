@@ -1,5 +1,5 @@
 """Each process normalises its shard of fixed global batches the way the trainer does: gather the scores
-and EOS flags with ``ppo_dist.distributed.gather_1d``, then ``RewardNormalizer`` on the gathered batch.
+and EOS flags with ``ppo_dist.runtime.distributed.gather_1d``, then ``RewardNormalizer`` on the gathered batch.
 
 Usage: accelerate launch tests/scripts/normalize_shards.py OUT_DIR   (writes OUT_DIR/rank_<r>.json)
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from ppo_dist import distributed
 from ppo_dist.config import parse_args, validate
 from ppo_dist.rewards import RewardNormalizer
+from ppo_dist.runtime import distributed
 
 # Two PPO steps of 8 scores; the halves differ in mean and spread, so per-shard statistics would differ.
 BATCHES = [

@@ -6,6 +6,7 @@ holds, and the number of all-gather collectives issued during one rollout with
 by wrapping the real ``torch.distributed`` functions (they still run).
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -14,7 +15,7 @@ import sys
 import torch.distributed as dist
 
 from ppo_dist.config import parse_args
-from ppo_dist.trainer import Trainer
+from ppo_dist.rl.trainer import Trainer
 
 COUNT = {"n": 0}
 for name in ("all_gather_into_tensor", "all_gather", "_all_gather_base", "all_gather_coalesced"):
@@ -29,27 +30,30 @@ for name in ("all_gather_into_tensor", "all_gather", "_all_gather_base", "all_ga
         setattr(dist, name, counted)
 
 
-def gathers_during_rollout(trainer: Trainer, step: int) -> int:
+def gathers_during_rollout(trainer: Trainer, tokens: int) -> int:
+    """Collectives while the engine generates ``tokens`` tokens for every prompt of a step."""
+    experience, acc = trainer.learner.experience, trainer.accelerator
+    batch = experience.prompts.local_batch(0, acc.process_index, acc.num_processes)
+    # min_new_tokens: every rollout really generates this many tokens
+    sampling = dataclasses.replace(experience.sampling, max_new_tokens=tokens, min_new_tokens=tokens)
     dist.barrier()
     before = COUNT["n"]
-    trainer.rollout_step(step)
+    experience.engine.generate(batch.input_ids, sampling)
     return COUNT["n"] - before
 
 
 def main() -> None:
     cfg = parse_args(sys.argv[1:])
     trainer = Trainer(cfg)
-    model = trainer.engine.model
+    model = trainer.learner.policy.model
     full = sum(p.ds_numel for p in model.parameters())
     held = sum(p.ds_tensor.numel() for p in model.parameters())
-    ref_full = sum(p.ds_numel for p in trainer.engine.reference.model.parameters())
-    ref_held = sum(p.ds_tensor.numel() for p in trainer.engine.reference.model.parameters())
+    ref_full = sum(p.ds_numel for p in trainer.learner.reference.model.parameters())
+    ref_held = sum(p.ds_tensor.numel() for p in trainer.learner.reference.model.parameters())
     counts = {}
     for gather in (True, False):
-        cfg.rollout.gather_for_generation = gather
+        trainer.learner.experience.engine.gather = gather
         for tokens in (4, 16):
-            # min_new_tokens: every rollout really generates this many tokens
-            trainer.gen_config.max_new_tokens = trainer.gen_config.min_new_tokens = tokens
             counts[f"{'on' if gather else 'off'}_{tokens}"] = gathers_during_rollout(trainer, tokens)
     if trainer.accelerator.is_main_process:
         print(

@@ -4,7 +4,8 @@ Convention: ``python train.py --config configs/default.yaml --ppo.cliprange 0.1 
 Every field below is a command-line option ``--<section>.<field>``; values are parsed as YAML
 (``--reward.functions '[chinese_rule, length]'`` works). ``train.py --help`` prints every field
 with its doc and default. The top-level ``stage`` (``--stage``) picks ppo or one of the TRL-trained
-stages (sft, rm, dpo; see :mod:`ppo_dist.stages`), which read their own section (``sft``, ``rm``, ``dpo``).
+stages (sft, rm, dpo: registered in :mod:`.stages`, run by :mod:`ppo_dist.stages`), which read their own
+section (``sft``, ``rm``, ``dpo``).
 
 Batch vocabulary (all sizes count prompts/samples, not tokens):
   rollout.batch_size          global: prompts generated per PPO step over all processes
@@ -16,55 +17,23 @@ Batch vocabulary (all sizes count prompts/samples, not tokens):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
-import types
 import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field(s) and value(s)."""
-
-
-def doc_field(default: Any, doc: str, choices: typing.Callable[[], typing.Iterable[str]] | None = None) -> Any:
-    """A dataclass field with a one-line doc shown by ``train.py --help``.
-
-    ``choices`` returns the allowed values from the registry that implements them (imported lazily,
-    so that loading a config stays light); ``validate`` and ``--help`` both read it.
-    """
-    metadata = {"doc": doc, "choices": choices}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=metadata)
-    if dataclasses.is_dataclass(default):
-        return field(default_factory=lambda d=default: dataclasses.replace(d), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def section(cls: type, doc: str) -> Any:
-    """A nested section (``model.lora`` ...): its fields are ``--model.lora.<field>`` options."""
-    return field(default_factory=cls, metadata={"doc": doc, "choices": None})
+from .fields import check, doc_field, section
+from .stages import stage_names
 
 
 # Registries that live in torch-importing modules, read lazily.
 def _algos_registry(name: str) -> typing.Callable[[], list[str]]:
     def names() -> list[str]:
-        from . import algos
+        from .. import algos
 
         return list(getattr(algos, name))
 
     return names
-
-
-def _stage_names() -> list[str]:
-    from .stages import stage_names
-
-    return stage_names()
 
 
 # optim.lr_scheduler -> transformers' scheduler name (every one after optim.warmup_steps of linear warm-up).
@@ -73,6 +42,20 @@ LR_SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine
 ON_INVALID = ("error", "skip_sample")
 # model.dtype -> accelerate's mixed_precision; the one map of precision names.
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """A rollout engine: ``ppo_dist.rl.engines.<module>`` implements it (its ``build`` function)."""
+
+    module: str
+    doc: str
+
+
+# rollout.engine -> its implementation (the registry --help and validation list).
+ROLLOUT_ENGINES = {
+    "hf": EngineEntry("hf", "transformers generate on the policy itself (nothing to sync)"),
+}
 
 
 SEED_PROMPTS = [
@@ -146,6 +129,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
+    engine: str = doc_field("hf", "what samples the responses (rollout engine)", choices=lambda: ROLLOUT_ENGINES)
     batch_size: int = doc_field(32, "global prompts per PPO step, over all processes")
     max_new_tokens: int = doc_field(32, "tokens sampled per response at most")
     temperature: float = doc_field(1.0, "sampling temperature")
@@ -263,33 +247,33 @@ class RewardConfig:
     def validate(self) -> None:
         """Reward-section checks; ``validate(cfg)`` calls this."""
         fns, w = self.functions, self.weights
-        _check(len(fns) > 0, "reward.functions must name at least one reward")
-        _check(
+        check(len(fns) > 0, "reward.functions must name at least one reward")
+        check(
             w is None or len(w) == len(fns),
             f"reward.weights has {0 if w is None else len(w)} entries but reward.functions has {len(fns)}",
         )
-        _check(self.timeout > 0, f"reward.timeout must be > 0 seconds, got {self.timeout}")
-        _check(self.length_target > 0, f"reward.length_target must be > 0, got {self.length_target}")
-        _check(
+        check(self.timeout > 0, f"reward.timeout must be > 0 seconds, got {self.timeout}")
+        check(self.length_target > 0, f"reward.length_target must be > 0, got {self.length_target}")
+        check(
             "contains_any" not in fns or len(self.words) > 0,
             "reward.functions has contains_any but reward.words is empty",
         )
-        _check(
+        check(
             "reward_model" not in fns or bool(self.model_path),
             "reward.functions has reward_model but reward.model_path is empty",
         )
-        _check(
+        check(
             self.model_max_length > 0 and self.model_batch_size > 0,
             "reward.model_max_length and reward.model_batch_size must be > 0",
         )
-        _check("http" not in fns or bool(self.url), "reward.functions has http but reward.url is empty")
-        _check(
+        check("http" not in fns or bool(self.url), "reward.functions has http but reward.url is empty")
+        check(
             self.http_timeout > 0 and self.http_retries >= 0 and self.http_backoff >= 0,
             f"reward.http_timeout must be > 0, http_retries and http_backoff >= 0, got {self.http_timeout}, "
             f"{self.http_retries}, {self.http_backoff}",
         )
-        _check(self.scale > 0, f"reward.scale must be > 0, got {self.scale}")
-        _check(self.clip is None or self.clip > 0, f"reward.clip must be > 0 or empty, got {self.clip}")
+        check(self.scale > 0, f"reward.scale must be > 0, got {self.scale}")
+        check(self.clip is None or self.clip > 0, f"reward.clip must be > 0 or empty, got {self.clip}")
 
 
 @dataclass
@@ -384,7 +368,7 @@ class Config:
     stage: str = doc_field(
         "ppo",
         "what this run trains: PPO, or sft / rm / dpo through TRL's trainers (ppo_dist/stages)",
-        choices=_stage_names,
+        choices=stage_names,
     )
     model: ModelConfig = section(ModelConfig, "policy, reference and tokenizer")
     data: DataConfig = section(DataConfig, "prompts")
@@ -404,318 +388,32 @@ class Config:
 
     def flat(self) -> dict[str, Any]:
         """``{"ppo.cliprange": 0.2, "model.lora.r": 0, ...}`` for hyperparameter logging."""
-        return dict(_walk(self))
+        return dict(walk(self))
 
 
-# ---------------------------------------------------------------- loading and overriding
+# ---------------------------------------------------------------- walking the tree
 
 
-def _is_section(f: dataclasses.Field, hints: dict) -> bool:
+def is_section(f: dataclasses.Field, hints: dict) -> bool:
     return dataclasses.is_dataclass(hints[f.name]) if isinstance(hints[f.name], type) else False
 
 
-def _walk(obj: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+def walk(obj: Any, prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
     """``(dotted name, value)`` of every leaf field, depth first."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if _is_section(f, hints):
-            yield from _walk(value, f"{prefix}{f.name}.")
+        if is_section(f, hints):
+            yield from walk(value, f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", value
 
 
-def _leaf_fields(cls: type = Config, prefix: str = "") -> typing.Iterator[tuple[str, dataclasses.Field, Any]]:
+def leaf_fields(cls: type = Config, prefix: str = "") -> typing.Iterator[tuple[str, dataclasses.Field, Any]]:
     """``(dotted name, field, type hint)`` of every leaf field of ``cls``."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if _is_section(f, hints):
-            yield from _leaf_fields(hints[f.name], f"{prefix}{f.name}.")
+        if is_section(f, hints):
+            yield from leaf_fields(hints[f.name], f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", f, hints[f.name]
-
-
-def _suggest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
-    return f" Did you mean: {', '.join(close)}?" if close else f" Valid: {', '.join(sorted(options))}."
-
-
-def _coerce(path: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the annotation ``hint``; ints are accepted for floats."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(path, value, arg)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-5" as a string
-            return float(value)
-        except ValueError:
-            pass
-    base = origin or hint
-    if base is list and isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
-        raise ConfigError(f"{path}: expected {getattr(base, '__name__', base)}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _apply(obj: Any, data: dict, prefix: str) -> None:
-    hints = typing.get_type_hints(type(obj))
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if key not in fields:
-            what = "config section or key" if not prefix else "key"
-            raise ConfigError(f"unknown {what} {path!r}.{_suggest(str(key), list(fields))}")
-        if _is_section(fields[key], hints):
-            if value is None:
-                continue
-            if not isinstance(value, dict):
-                raise ConfigError(f"section {path!r} must be a mapping, got {value!r}")
-            _apply(getattr(obj, key), value, f"{path}.")
-        else:
-            setattr(obj, key, _coerce(path, value, hints[key]))
-
-
-def from_dict(data: dict, base: Config | None = None) -> Config:
-    """Apply a nested dict onto ``base`` (default: defaults), with type checks and key suggestions."""
-    cfg = base or Config()
-    if not isinstance(data, dict):
-        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
-    _apply(cfg, data, "")
-    return cfg
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    return data or {}
-
-
-def _choices(f: dataclasses.Field) -> list[str] | None:
-    choices = f.metadata.get("choices")
-    return None if choices is None else list(choices())
-
-
-def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Distributed PPO for causal language models. Values: YAML file, then --section.field overrides.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", default=None, help="YAML run config (sections as below)")
-    defaults = dict(_walk(Config()))
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, f, _ in _leaf_fields():
-        group_name = name.rpartition(".")[0] or "run"
-        group = groups.get(group_name) or groups.setdefault(group_name, parser.add_argument_group(group_name))
-        choices = _choices(f)
-        doc = f.metadata.get("doc", "") + (f" (one of: {', '.join(choices)})" if choices else "")
-        group.add_argument(
-            f"--{name}",
-            dest=name,
-            default=argparse.SUPPRESS,
-            metavar="VALUE",
-            help=f"{doc} (default: {defaults[name]!r})",
-        )
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> Config:
-    """YAML file (``--config``) then ``--section.field value`` overrides; values parsed as YAML."""
-    parser = build_arg_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        options = [a.option_strings[0] for a in parser._actions if a.option_strings]
-        raise ConfigError(f"unknown argument {unknown[0]!r}.{_suggest(unknown[0].split('=')[0], options)}")
-    overrides = {k: v for k, v in vars(args).items() if k != "config"}
-    cfg = from_dict(load_yaml(args.config)) if args.config else Config()
-    hints = {name: hint for name, _, hint in _leaf_fields()}
-    nested: dict[str, Any] = {}
-    for key, raw in overrides.items():
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, (int, float, bool)) and hints[key] is str:
-            value = raw
-        *parents, leaf = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return from_dict(nested, cfg)
-
-
-# ---------------------------------------------------------------- validation
-
-
-def exact_div(a: int, b: int, what: str) -> int:
-    """``a // b``, or a ConfigError with ``what`` (which names both numbers) when it does not divide."""
-    if b <= 0 or a % b != 0:
-        raise ConfigError(what)
-    return a // b
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """Batch arithmetic of a run, checked once. Global sizes unprefixed, per-process ``local_``.
-
-    ``batch_size`` counts *samples* (prompts x samples per prompt); the global sample list is each
-    prompt repeated ``n_samples_per_prompt`` times, and process ``r`` takes its contiguous
-    ``local_batch_size`` slice of it, so a prompt's group may straddle processes.
-    """
-
-    world_size: int
-    num_prompts: int
-    n_samples_per_prompt: int
-    batch_size: int
-    mini_batch_size: int
-    local_batch_size: int
-    local_mini_batch_size: int
-    local_micro_batch_size: int
-    gradient_accumulation_steps: int
-    num_mini_batches: int
-
-
-def plan_batches(cfg: Config, world_size: int) -> BatchPlan:
-    r, p = cfg.rollout, cfg.ppo
-    n = r.n_samples_per_prompt
-    samples = r.batch_size * n
-    what = f"rollout.batch_size={r.batch_size} x rollout.n_samples_per_prompt={n} = {samples} samples"
-    local_batch = exact_div(samples, world_size, f"{what} must be divisible by the world size={world_size}")
-    n_mini = exact_div(
-        samples, p.mini_batch_size, f"{what} must be divisible by ppo.mini_batch_size={p.mini_batch_size}"
-    )
-    local_mini = exact_div(
-        p.mini_batch_size,
-        world_size,
-        f"ppo.mini_batch_size={p.mini_batch_size} must be divisible by the world size={world_size}",
-    )
-    local_micro = exact_div(
-        local_mini,
-        p.gradient_accumulation_steps,
-        f"per-process mini batch ppo.mini_batch_size/world_size={local_mini} must be divisible by "
-        f"ppo.gradient_accumulation_steps={p.gradient_accumulation_steps}",
-    )
-    return BatchPlan(
-        world_size=world_size,
-        num_prompts=r.batch_size,
-        n_samples_per_prompt=n,
-        batch_size=samples,
-        mini_batch_size=p.mini_batch_size,
-        local_batch_size=local_batch,
-        local_mini_batch_size=local_mini,
-        local_micro_batch_size=local_micro,
-        gradient_accumulation_steps=p.gradient_accumulation_steps,
-        num_mini_batches=n_mini,
-    )
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _check_choices(cfg: Config) -> None:
-    """Every field declared with ``choices`` holds one of them (the registry that implements it)."""
-    values = dict(_walk(cfg))
-    for name, f, _ in _leaf_fields():
-        choices = _choices(f)
-        if choices is not None and values[name] not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {values[name]!r}")
-
-
-def _validate_shared(cfg: Config) -> None:
-    """Checks of the settings every stage reads (model, optim, train, log, checkpoint)."""
-    o, t, lg, ck = cfg.optim, cfg.train, cfg.log, cfg.checkpoint
-    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-    _check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
-    _check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
-    _check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
-    _check(
-        ck.every >= 0 and ck.keep > 0,
-        f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}",
-    )
-
-
-def validate(cfg: Config, world_size: int = 1):
-    """Check values and batch arithmetic before anything heavy is loaded.
-
-    Returns the PPO :class:`BatchPlan`, or for another stage the plan its package derives.
-    """
-    from . import algos, stages  # the registries (algos: torch only; stages: no heavy imports)
-
-    _check_choices(cfg)
-    stages.check_settings_used(cfg)
-    _validate_shared(cfg)
-    if cfg.stage != "ppo":
-        return stages.validate_stage(cfg, world_size)
-    m, d, r, p, t, lg = cfg.model, cfg.data, cfg.rollout, cfg.ppo, cfg.train, cfg.log
-    _check(d.max_prompt_length > 0, f"data.max_prompt_length must be > 0, got {d.max_prompt_length}")
-    _check(
-        bool(d.path or d.dataset_name or d.prompts),
-        "data: give data.path, data.dataset_name or a non-empty data.prompts list",
-    )
-    _check(
-        m.lora.r >= 0 and m.lora.alpha > 0, f"model.lora.r must be >= 0 and alpha > 0, got {m.lora.r}, {m.lora.alpha}"
-    )
-    _check(0 <= m.lora.dropout < 1, f"model.lora.dropout must be in [0, 1), got {m.lora.dropout}")
-    _check(m.logits_chunk_tokens >= 0, f"model.logits_chunk_tokens must be >= 0, got {m.logits_chunk_tokens}")
-    _check(r.batch_size > 0, f"rollout.batch_size must be > 0, got {r.batch_size}")
-    _check(r.max_new_tokens > 0, f"rollout.max_new_tokens must be > 0, got {r.max_new_tokens}")
-    longest = d.max_prompt_length + r.max_new_tokens
-    _check(
-        bool(m.name_or_path) or longest <= m.tiny_n_positions,
-        f"data.max_prompt_length={d.max_prompt_length} + rollout.max_new_tokens={r.max_new_tokens} = {longest} "
-        f"tokens do not fit the embedded model's model.tiny_n_positions={m.tiny_n_positions}; raise it",
-    )
-    _check(r.temperature > 0, f"rollout.temperature must be > 0, got {r.temperature}")
-    _check(0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1], got {r.top_p}")
-    _check(
-        r.top_k >= 0 and r.generation_batch_size >= 0, "rollout.top_k and rollout.generation_batch_size must be >= 0"
-    )
-    _check(r.forward_batch_size > 0, f"rollout.forward_batch_size must be > 0, got {r.forward_batch_size}")
-    _check(r.forward_tokens >= 0, f"rollout.forward_tokens must be >= 0, got {r.forward_tokens}")
-    _check(r.n_samples_per_prompt > 0, f"rollout.n_samples_per_prompt must be > 0, got {r.n_samples_per_prompt}")
-    estimator = algos.ADVANTAGE_ESTIMATORS[p.advantage_estimator]
-    _check(
-        not estimator.needs_groups or r.n_samples_per_prompt >= 2,
-        f"ppo.advantage_estimator={p.advantage_estimator} compares the responses to one prompt: it needs "
-        f"rollout.n_samples_per_prompt >= 2, got {r.n_samples_per_prompt}",
-    )
-    _check(p.ppo_epochs > 0, f"ppo.ppo_epochs must be > 0, got {p.ppo_epochs}")
-    _check(
-        p.mini_batch_size > 0 and p.gradient_accumulation_steps > 0,
-        "ppo.mini_batch_size and ppo.gradient_accumulation_steps must be > 0",
-    )
-    _check(p.micro_batch_tokens >= 0, f"ppo.micro_batch_tokens must be >= 0, got {p.micro_batch_tokens}")
-    _check(p.cliprange > 0 and p.cliprange_value > 0, "ppo.cliprange and ppo.cliprange_value must be > 0")
-    _check(0 <= p.gamma <= 1 and 0 <= p.lam <= 1, f"ppo.gamma={p.gamma} and ppo.lam={p.lam} must be in [0, 1]")
-    _check(p.kl_coef >= 0, f"ppo.kl_coef must be >= 0, got {p.kl_coef}")
-    _check(p.kl_target > 0 and p.kl_horizon > 0, "ppo.kl_target and ppo.kl_horizon must be > 0")
-    _check(
-        t.max_kl is None or p.kl_coef > 0,
-        "train.max_kl needs a reference model to measure the KL against, but ppo.kl_coef=0 builds none",
-    )
-    _check(t.max_bad_steps > 0, f"train.max_bad_steps must be > 0, got {t.max_bad_steps}")
-    _check(t.max_kl is None or t.max_kl > 0, f"train.max_kl must be > 0 or empty, got {t.max_kl}")
-    _check(lg.samples_every >= 0, f"log.samples_every must be >= 0, got {lg.samples_every}")
-    cfg.reward.validate()
-    return plan_batches(cfg, world_size)

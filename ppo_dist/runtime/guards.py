@@ -11,8 +11,8 @@ import math
 import signal
 from pathlib import Path
 
+from ..config import TrainConfig
 from .checkpoint import complete_checkpoints
-from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
-from .models import ModelLoadError, TokenScores, ValueHeadModel, load_pretrained
+from ..models import ModelLoadError, TokenScores, ValueHeadModel, load_pretrained
 
 
 def load_seq2seq_lm(name_or_path: str, **kwargs) -> PreTrainedModel:

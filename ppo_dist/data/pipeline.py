@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 
-from .config import SEED_PROMPTS
+from ..config import SEED_PROMPTS
 
 SEED = 20240611
 SFT_PER_PROMPT = 16

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from .config import Config, ConfigError
-from .tracking import check_trackers
+from ..config import Config, ConfigError
+from ..runtime.tracking import check_trackers
 
 logger = logging.getLogger(__name__)
 

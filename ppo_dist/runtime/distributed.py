@@ -1,4 +1,6 @@
-"""The one place that talks to accelerate / DeepSpeed specifics."""
+"""Processes through accelerate: building the Accelerator, and every collective the package uses
+(gathers, reductions, agreeing on a failure), each a no-op on one process. DeepSpeed specifics are
+in :mod:`.zero`."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, TorchDynamoPlugin
 
+from ..config import PRECISIONS, BatchPlan, Config
 from . import zero
-from .config import PRECISIONS, BatchPlan, Config
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,14 @@ def reuse_freed_cpu_memory() -> bool:
         return False
     logger.debug("glibc malloc: mmap threshold %d, trim threshold %d (%s)", _MMAP_THRESHOLD_MAX, _INT_MAX, applied)
     return applied
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, step, rank, ...), stable across runs and processes."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
 
 
 def world_size_from_env() -> int:

@@ -1,7 +1,8 @@
 """Experiment tracking: scalars through ``accelerator.log``, plus TensorBoard extras.
 
-Every value logged here is already global: the engine computes statistics on the gathered batch,
-and the one per-step reduction (``Trainer._step_flags``) also carries the peak memory of every process.
+Every value logged here is already global: the experience and the update compute statistics on the
+gathered batch, and the one per-step reduction (``Trainer._step_flags``) also carries the peak memory
+of every process.
 Only the main process writes (accelerate creates trackers there alone).
 
 TensorBoard gets, besides the scalars: histograms of rewards and response lengths, a table of
@@ -19,7 +20,7 @@ import sys
 
 import torch
 
-from .config import Config, ConfigError
+from ..config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -110,25 +111,16 @@ class RunTracker:
         for summary in (exp, ssi, sei):
             writer.file_writer.add_summary(summary)
 
-    def log_step(self, step: int, stats: dict[str, float], batch, samples: dict, local_scores: torch.Tensor) -> None:
+    def log_step(self, step: int, stats: dict[str, float], experience) -> None:
         """The trainer's per-step logging, at the cadence of ``log.log_every`` / ``log.samples_every``:
-        scalars, histograms of the global batch (``batch``: the engine's gathered batch) and, every
-        ``samples_every`` steps, a table of this process's samples (main process only)."""
+        scalars, histograms of the global batch and, every ``samples_every`` steps, a table of this
+        process's samples (main process only). ``experience`` is the step's
+        :class:`~ppo_dist.rl.experience.Experience`: ``histograms()`` and ``sample_table()`` give the data."""
         lg = self.cfg.log
         if step % lg.log_every:
             return
-        table = None
-        if lg.samples_every and step % lg.samples_every == 0:
-            table = {
-                "prompt": samples["prompts"],
-                "completion": samples["completions"],
-                "reward": local_scores.tolist(),
-            }
-        histograms = {
-            "env/reward_dist": batch.raw_scores[batch.valid],
-            "tokens/responses_len_dist": batch.response_mask.sum(1)[batch.valid],
-        }
-        self.log(step, stats, histograms, table)
+        table = experience.sample_table() if lg.samples_every and step % lg.samples_every == 0 else None
+        self.log(step, stats, experience.histograms(), table)
 
     def log(
         self,

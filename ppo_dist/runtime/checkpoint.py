@@ -5,7 +5,7 @@ Layout: ``<output_dir>/checkpoints/step_<N>/``. A checkpoint is written into
 the previous checkpoints untouched; a directory without the ``COMPLETE`` marker is never resumed
 from. ``save_state`` covers the model(s), optimizer, scheduler, every process's RNG states and the
 objects given to ``register_for_checkpointing`` (the trainer: global step, KL controller, reward
-statistics). The data position is a function of the step (see ``data.PromptStream``).
+statistics). The data position is a function of the step (see ``data.prompts.PromptStream``).
 
 Durability: once every process has written its files, one process per node fsyncs them; then the
 main process records ``MANIFEST.json`` (size and CRC-32 of every file), fsyncs it and every
@@ -33,6 +33,7 @@ import shutil
 import zlib
 from pathlib import Path
 
+from ..config import ConfigError
 from .distributed import broadcast_object, failures_everywhere
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,18 @@ _CHUNK = 1 << 20
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint could not be written or loaded; the message names it and what is intact."""
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any model loads when ``train.output_dir`` cannot hold checkpoints."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"train.output_dir={str(path)!r} is not writable: {e.strerror or e}") from None
 
 
 def complete_checkpoints(root: Path, pattern: re.Pattern = _STEP_DIR) -> list[tuple[int, Path]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, DataConfig
+from ..config import ConfigError, DataConfig
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import contextlib
 import os
 from typing import Any
 
-from .config import BatchPlan, Config, ConfigError
+from ..config import BatchPlan, Config, ConfigError
 
 ZERO3_SIZED_KEYS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
 

@@ -1,4 +1,4 @@
-"""Policy (causal LM + optional value head), reference model, LoRA, tokenizers, the embedded tiny model.
+"""The policy's model: a Hugging Face LM (optionally with LoRA) plus, when it is the critic too, a value head.
 
 The engine talks to models through one call: ``model(input_ids=queries, attention_mask=query_mask,
 responses=..., response_mask=..., entropy=..., with_values=...)`` returns :class:`TokenScores` for
@@ -9,29 +9,20 @@ legacy trl one, ``(logits, loss, values)``.
 
 from __future__ import annotations
 
-import copy
 import inspect
-import logging
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers import PreTrainedModel
 
-from . import algos
-from .config import LoRAConfig, ModelConfig
-from .tokenizer import load_embedded_tokenizer
-
-logger = logging.getLogger(__name__)
+from .. import algos
+from .loading import ModelLoadError, load_causal_lm
+from .lora import save_merged_lora
 
 VALUE_HEAD_FILE = "value_head.pt"
-ADAPTER_DIR = "adapter"
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be loaded; the message names the path."""
 
 
 class TokenScores(NamedTuple):
@@ -184,12 +175,9 @@ class ValueHeadModel(nn.Module):
     def from_pretrained(cls, name_or_path: str | os.PathLike | PreTrainedModel, value_head: bool = True, **kwargs):
         """Load an HF LM (path, hub name or model object); restore a saved value head if present."""
         if isinstance(name_or_path, PreTrainedModel) or is_peft_model(name_or_path):
-            lm, head = name_or_path, None
-        else:
-            lm, head = cls._load_lm(str(name_or_path), **kwargs), Path(str(name_or_path)) / VALUE_HEAD_FILE
-        model = cls(lm, value_head=value_head)
-        if model.v_head is not None and head is not None and head.is_file():
-            model.v_head.load_state_dict(torch.load(head, map_location="cpu", weights_only=True))
+            return cls(name_or_path, value_head=value_head)
+        model = cls(cls._load_lm(str(name_or_path), **kwargs), value_head=value_head)
+        restore_value_head(model.v_head, Path(str(name_or_path)))
         return model
 
 
@@ -197,7 +185,7 @@ class CausalLMWithValueHead(ValueHeadModel):
     """A causal LM with a value head. Legacy forward: ``(logits, loss, values)``; ``logits_to_keep=k``
     computes logits (and values) for the last ``k`` positions only."""
 
-    _load_lm = staticmethod(lambda name_or_path, **kwargs: load_causal_lm(name_or_path, **kwargs))
+    _load_lm = staticmethod(load_causal_lm)
 
     def _legacy_forward(
         self, input_ids=None, attention_mask=None, position_ids=None, labels=None, logits_to_keep: int = 0, **kwargs
@@ -252,188 +240,11 @@ def _hidden_size(config) -> int:
     raise ModelLoadError(f"cannot find the hidden size in config of type {type(config).__name__}")
 
 
-# ---------------------------------------------------------------------------------------- LoRA
-
-
-def apply_lora(lm: PreTrainedModel, cfg: LoRAConfig):
-    """Wrap ``lm`` with peft LoRA adapters (only the adapters are trainable)."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise ModelLoadError("model.lora.r > 0 needs peft: pip install 'ppo_dist[peft]'") from None
-    from transformers.pytorch_utils import Conv1D
-
-    lora = LoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
-        fan_in_fan_out=any(isinstance(m, Conv1D) for m in lm.modules()),  # GPT-2 style Conv1D layers
-        task_type="CAUSAL_LM",
-    )
-    try:
-        return get_peft_model(lm, lora)
-    except ValueError as e:
-        raise ModelLoadError(f"model.lora.target_modules={cfg.target_modules!r}: {e}") from None
-
-
-def save_merged_lora(peft_model, lm_state: dict, path: Path, **kwargs) -> None:
-    """``path``: the base model with the adapter merged in (a normal HF directory); ``path/adapter``:
-    the adapter alone (``peft.PeftModel.from_pretrained``). ``lm_state`` is the peft model's full
-    state dict (consolidated from shards under ZeRO-3), so this works whatever holds the live weights."""
-    from peft import get_peft_model, get_peft_model_state_dict
-
-    peft_model.save_pretrained(path / ADAPTER_DIR, state_dict=get_peft_model_state_dict(peft_model, lm_state))
-    hf = peft_model.get_base_model()
-    dtype = next(iter(lm_state.values())).dtype if lm_state else torch.float32
-    # A fresh CPU copy carries the merge, so the live model keeps its adapter (training may go on). Built
-    # with the class itself, not from_config: under ZeRO-3 that would partition it (zero.Init, a collective
-    # the other processes do not join).
-    base = type(hf)(copy.deepcopy(hf.config)).to(dtype)
-    clone = get_peft_model(base, copy.deepcopy(peft_model.peft_config["default"]))
-    missing, unexpected = clone.load_state_dict(lm_state, strict=False)
-    if unexpected or [k for k in missing if "lora_" in k]:
-        raise RuntimeError(f"LoRA state does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    clone.merge_and_unload().save_pretrained(path, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------- loading
-
-
-def load_pretrained(auto_class, what: str, name_or_path: str, **kwargs) -> PreTrainedModel:
-    """``auto_class.from_pretrained`` with one clear error for a bad path or model type (``what``:
-    the kind of model, for the message)."""
-    looks_local = name_or_path.startswith((".", "/", "~")) or (
-        os.sep in name_or_path and not _looks_like_hub_id(name_or_path)
-    )
-    if looks_local and not Path(name_or_path).expanduser().exists():
-        raise ModelLoadError(f"model path {name_or_path!r} does not exist")
-    try:
-        return auto_class.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError, KeyError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"could not load {what} from {name_or_path!r}: {first_line}") from None
-
-
-def load_causal_lm(name_or_path: str, **kwargs) -> PreTrainedModel:
-    return load_pretrained(AutoModelForCausalLM, "a causal language model", name_or_path, **kwargs)
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not Path(name).exists() and not name.startswith((".", "/", "~"))
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Every dropout probability to 0: ``nn.Dropout`` modules, and the float attention-dropout
-    attributes some architectures (T5, BART, OPT) hand to the functional dropout in training mode."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-        for name in ("dropout", "attention_dropout"):
-            if isinstance(getattr(module, name, None), float):
-                setattr(module, name, 0.0)
-
-
-def build_tiny_gpt2(cfg: ModelConfig, tokenizer) -> GPT2LMHeadModel:
-    """The embedded default: a GPT-2-shaped model built from a config (seeded by the caller)."""
-    return GPT2LMHeadModel(tiny_gpt2_config(cfg, tokenizer))
-
-
-def tiny_gpt2_config(cfg: ModelConfig, tokenizer) -> GPT2Config:
-    """The embedded default's shape (``model.tiny_*``) for ``tokenizer``."""
-    return GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=cfg.tiny_n_positions,
-        n_embd=cfg.tiny_n_embd,
-        n_layer=cfg.tiny_n_layer,
-        n_head=cfg.tiny_n_head,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
-def load_tokenizer(cfg: ModelConfig):
-    """The configured tokenizer, left-padded, with a pad token (EOS reused, with a warning, if none)."""
-    source = cfg.tokenizer_name_or_path or cfg.name_or_path
-    if source is None:
-        tokenizer = load_embedded_tokenizer()
-    else:
-        if str(source).startswith((".", "/", "~")) and not Path(source).expanduser().exists():
-            raise ModelLoadError(f"model path {source!r} does not exist")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-        except (OSError, ValueError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelLoadError(f"could not load a tokenizer from {source!r}: {first_line}") from None
-    return prepare_tokenizer(tokenizer)
-
-
-def prepare_tokenizer(tokenizer):
-    if tokenizer.eos_token_id is None:
-        raise ModelLoadError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token; responses could never end")
-    if tokenizer.pad_token_id is None:
-        # Masks are built from lengths, never from the pad id, so EOS stays in the loss.
-        logger.warning("tokenizer has no pad token; using EOS (%r) for padding only", tokenizer.eos_token)
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return tokenizer
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
-
-# ---------------------------------------------------------------------------------------- building
-
-
-def prepare_policy(
-    policy: ValueHeadModel, cfg: ModelConfig, tokenizer, disable_dropout_: bool = True
-) -> ValueHeadModel:
-    """What every policy needs before training, whoever built it (service config or legacy API):
-    a pad token id, dropout off, gradient checkpointing when asked. (The scoring path is checked once
-    the policy is prepared, when ZeRO-3 can gather a partitioned model: ``build_engine``.)"""
-    if policy.config.pad_token_id is None:
-        policy.config.pad_token_id = tokenizer.pad_token_id
-    if disable_dropout_:
-        disable_dropout(policy)
-    if cfg.gradient_checkpointing:
-        policy.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return policy
-
-
-def build_policy(cfg: ModelConfig, tokenizer, value_head: bool) -> CausalLMWithValueHead:
-    """The policy from the config: ``model.name_or_path`` or the embedded tiny GPT-2, LoRA when
-    ``model.lora.r > 0``, a value head when the estimator uses a critic. Seed first: reproducible heads."""
-    if cfg.name_or_path:
-        lm = load_causal_lm(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
-    else:
-        lm = build_tiny_gpt2(cfg, tokenizer)
-    head_file = Path(cfg.name_or_path) / VALUE_HEAD_FILE if cfg.name_or_path else None
-    if cfg.lora.r > 0:
-        lm = apply_lora(lm, cfg.lora)
-    policy = CausalLMWithValueHead(lm, value_head=value_head, logits_chunk_tokens=cfg.logits_chunk_tokens)
-    if policy.v_head is not None and head_file is not None and head_file.is_file():
-        policy.v_head.load_state_dict(torch.load(head_file, map_location="cpu", weights_only=True))
-    return prepare_policy(policy, cfg, tokenizer, cfg.disable_dropout)
-
-
-def build_reference_model(cfg: ModelConfig, policy: CausalLMWithValueHead, tokenizer) -> CausalLMWithValueHead | None:
-    """A separate frozen reference, or None when the LoRA policy's adapter-disabled self is the
-    reference (no second model in memory). ``model.ref_name_or_path`` wins over both."""
-    if cfg.ref_name_or_path:
-        lm = load_causal_lm(cfg.ref_name_or_path, trust_remote_code=cfg.trust_remote_code)
-        ref = CausalLMWithValueHead(lm, value_head=False, logits_chunk_tokens=cfg.logits_chunk_tokens)
-    elif policy.is_peft_model:
-        return None
-    else:
-        ref = type(policy)(
-            copy.deepcopy(policy.pretrained_model), value_head=False, logits_chunk_tokens=cfg.logits_chunk_tokens
-        )
-    if ref.config.pad_token_id is None:
-        ref.config.pad_token_id = tokenizer.pad_token_id
-    disable_dropout(ref)
-    return freeze(ref)
+def restore_value_head(head: nn.Linear | None, directory: Path) -> bool:
+    """Load ``directory/value_head.pt`` (as :meth:`ValueHeadModel.save_pretrained` writes it) into
+    ``head``; False when there is no head or no such file (the head keeps its initialisation)."""
+    file = directory / VALUE_HEAD_FILE
+    if head is None or not file.is_file():
+        return False
+    head.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+    return True

@@ -31,7 +31,15 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from .models import VALUE_HEAD_FILE, CausalLMWithValueHead, ModelLoadError, freeze, is_peft_model, strip_prefix
+from ..models import (
+    VALUE_HEAD_FILE,
+    CausalLMWithValueHead,
+    ModelLoadError,
+    freeze,
+    is_peft_model,
+    restore_value_head,
+    strip_prefix,
+)
 from .seq2seq import Seq2SeqLMWithValueHead
 
 logger = logging.getLogger(__name__)
@@ -267,10 +275,10 @@ def _init_value_head(
 
 
 def _restore_value_head(head: torch.nn.Linear, path: Path) -> None:
-    """ppo_dist's ``value_head.pt``, else a legacy trl head (``v_head.summary.*``) in the model weights
-    (one file or shards with an index); else the head stays freshly initialised, and the log says so."""
-    if (path / VALUE_HEAD_FILE).is_file():
-        head.load_state_dict(torch.load(path / VALUE_HEAD_FILE, map_location="cpu", weights_only=True))
+    """ppo_dist's ``value_head.pt`` (``models.restore_value_head``), else a legacy trl head
+    (``v_head.summary.*``) in the model weights (one file or shards with an index); else the head stays
+    freshly initialised, and the log says so."""
+    if restore_value_head(head, path):
         return
     prefix = "v_head.summary."
     state: dict[str, torch.Tensor] = {}

@@ -5,7 +5,7 @@ Byte-level means every string round-trips (Chinese included); the BPE merges, le
 tokens, so the tiny default model can learn the seed task in minutes on a CPU.
 
 The trained file ships as ``ppo_dist/assets/tokenizer.json``. Rebuild it with
-``python -m ppo_dist.tokenizer`` (deterministic for a given ``tokenizers`` version).
+``python -m ppo_dist.models.tokenizer`` (deterministic for a given ``tokenizers`` version).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-TOKENIZER_FILE = Path(__file__).parent / "assets" / "tokenizer.json"
+TOKENIZER_FILE = Path(__file__).resolve().parents[1] / "assets" / "tokenizer.json"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 VOCAB_SIZE = 512

@@ -1,0 +1,81 @@
+"""Rollout engines: what samples a process's responses. One protocol, one module per engine.
+
+An engine gets a process's prompts (token ids) and the step's :class:`Sampling` settings and returns
+a :class:`~ppo_dist.rl.rollout.Rollout`. It may hold its own copy of the weights and its own sampler
+(vLLM): :meth:`RolloutEngine.sync_weights` then brings it up to date with the policy after every
+optimiser update, and the rollout carries the sampler's own logprobs (``engine_logprobs``) so the
+trainer can measure, and correct for, any mismatch. The in-process HF engine generates with the
+policy itself: nothing to sync.
+
+``rollout.engine`` picks one by name from :data:`ppo_dist.config.ROLLOUT_ENGINES` (the names and
+the modules that implement them); a new engine is a module here with a ``build(cfg, accelerator,
+policy, tokenizer)`` function, registered there.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import torch
+
+from ...config import ROLLOUT_ENGINES, Config, RolloutConfig
+from ..roles import Policy
+from ..rollout import Rollout
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one step samples, whatever the engine: from ``rollout.*`` plus the step's seed."""
+
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_k: int  # 0 = off
+    top_p: float  # 1.0 = off
+    eos_token_id: int
+    pad_token_id: int
+    bos_token_id: int | None
+    seed: int = 0  # per step and process (distributed.seed_for): runs are reproducible and resumable
+    min_new_tokens: int = 0  # EOS is blocked before this many tokens
+    chunk_size: int = 0  # prompts per generate call; 0 = all
+
+    @classmethod
+    def from_config(cls, cfg: RolloutConfig, tokenizer) -> Sampling:
+        return cls(
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=cfg.do_sample,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            chunk_size=cfg.generation_batch_size,
+        )
+
+    def with_seed(self, seed: int) -> Sampling:
+        return replace(self, seed=seed)
+
+
+class RolloutEngine(Protocol):
+    """Samples responses for one process's prompts."""
+
+    def generate(self, prompt_ids: list[torch.Tensor], sampling: Sampling) -> Rollout:
+        """Responses to ``prompt_ids`` (1-D id tensors, one per sample) on the accelerator's device."""
+        ...
+
+    def sync_weights(self, policy: Policy) -> None:
+        """Bring the engine's weights up to date with ``policy`` (after an optimiser update)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds (memory, threads); it is not used again."""
+        ...
+
+
+def build_rollout_engine(cfg: Config, accelerator, policy: Policy, tokenizer) -> RolloutEngine:
+    """The engine ``rollout.engine`` names, built for this process."""
+    module = importlib.import_module(f"{__name__}.{ROLLOUT_ENGINES[cfg.rollout.engine].module}")
+    return module.build(cfg, accelerator, policy, tokenizer)

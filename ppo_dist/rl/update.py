@@ -1,0 +1,206 @@
+"""The update: the PPO epochs over one step's :class:`~ppo_dist.rl.experience.Experience`.
+
+Mini-batches are drawn from the global batch by a permutation shared by all processes (seeded by
+the step and the epoch); each process takes its slice and splits it into micro-batches (a fixed
+count or a token budget). Every micro-batch's loss is ``sum(token_loss * weights)`` with weights
+from the counts of the whole global mini-batch (:func:`ppo_dist.algos.loss_weights`), so the split
+over micro-batches, accumulation steps and processes never changes the update. Statistics are the
+means over the optimiser steps, reduced over processes once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from accelerate.utils import DistributedType
+
+from .. import algos
+from ..config import BatchPlan, Config
+from ..runtime import distributed, zero
+from .batching import equal_counts, plan_micro_batches
+from .experience import Experience
+from .roles import Policy
+
+logger = logging.getLogger(__name__)
+
+
+class PPOUpdate:
+    """The optimiser, its schedule and the PPO epochs; see the module doc."""
+
+    def __init__(self, cfg: Config, accelerator, policy: Policy, optimizer, scheduler, plan: BatchPlan):
+        self.cfg, self.accelerator, self.plan = cfg, accelerator, plan
+        self.policy, self.optimizer, self.scheduler = policy, optimizer, scheduler
+        self.global_step = 0  # PPO steps done
+        self.skipped_updates = 0  # optimiser steps skipped for a non-finite gradient norm
+        self.micro_batch_counts: list[int] = []  # this process's micro-batches per mini-batch, last step
+
+    def step(self, exp: Experience) -> dict[str, torch.Tensor | float]:
+        """One PPO update on ``exp`` (filling ``exp.logprobs`` under the on-policy shortcut); returns
+        the loss statistics (``ppo/*``, 0-d tensors) and the schedule's state (floats)."""
+        t0 = time.perf_counter()
+        metrics: dict[str, torch.Tensor | float] = {f"ppo/{k}": v for k, v in self._optimize(exp).items()}
+        metrics["ppo/learning_rate"] = self.scheduler.get_last_lr()[0]
+        metrics["ppo/skipped_updates"] = float(self.skipped_updates)
+        metrics["time/update"] = time.perf_counter() - t0
+        self.global_step += 1
+        return metrics
+
+    def _micro_batches(self, exp: Experience, local_idx: torch.Tensor) -> list[torch.Tensor]:
+        """This process's share of a mini-batch as micro-batches of global sample indices."""
+        q_len = exp.rollout.query_mask[local_idx].sum(1).cpu()
+        r_len = exp.rollout.response_mask[local_idx].sum(1).cpu()  # forwarded widths, skipped samples too
+        micro = plan_micro_batches(
+            q_len, r_len, max_samples=self.plan.local_micro_batch_size, max_tokens=self.cfg.ppo.micro_batch_tokens
+        )
+        return [local_idx[m] for m in equal_counts(self.accelerator, micro)]
+
+    def _optimize(self, exp: Experience) -> dict[str, torch.Tensor]:
+        """The PPO epochs; returns the mean of every loss statistic over the optimiser steps."""
+        acc, p, plan = self.accelerator, self.cfg.ppo, self.plan
+        rank = acc.process_index
+        shortcut = exp.logprobs is None  # on-policy shortcut: the first forward gives the old logprobs
+        mask = exp.response_mask
+        sums: dict[str, torch.Tensor] = {}
+        fresh_logprobs: dict[int, torch.Tensor] = {}
+        self.micro_batch_counts = []
+        self.policy.model.train()
+        for epoch in range(p.ppo_epochs):
+            if p.shuffle:
+                gen = torch.Generator().manual_seed(distributed.seed_for(self.cfg.train.seed, exp.step - 1, epoch))
+                order = torch.randperm(plan.batch_size, generator=gen)
+            else:
+                order = torch.arange(plan.batch_size)
+            for mb_start in range(0, plan.batch_size, plan.mini_batch_size):
+                mb_idx = order[mb_start : mb_start + plan.mini_batch_size].to(mask.device)
+                mb_mask = mask[mb_idx]
+                # Counts of the whole global mini-batch: every micro-batch's loss is weighted by them.
+                counts = algos.MiniBatchCounts(
+                    num_tokens=mb_mask.sum().float(),
+                    num_seqs=(mb_mask.sum(1) > 0).sum().float(),
+                    horizon=self.cfg.rollout.max_new_tokens,
+                )
+                local_idx = mb_idx[rank * plan.local_mini_batch_size : (rank + 1) * plan.local_mini_batch_size]
+                micro = self._micro_batches(exp, local_idx)
+                self.micro_batch_counts.append(len(micro))
+                # accelerate syncs gradients (and DeepSpeed steps) at the last micro-batch of this process.
+                acc.gradient_accumulation_steps = len(micro)
+                acc.step = 0
+                for idx in micro:
+                    metrics, logprobs = self._micro_step(exp, idx, counts, len(micro), shortcut)
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    if shortcut:
+                        fresh_logprobs.update({int(i): lp for i, lp in zip(idx.tolist(), logprobs, strict=True)})
+        if shortcut:
+            exp.logprobs = self._gather_fresh_logprobs(exp, fresh_logprobs)
+        keys = sorted(sums)
+        stacked = distributed.reduce_sum(acc, torch.stack([sums[k] for k in keys]))
+        return dict(zip(keys, stacked / (p.ppo_epochs * plan.num_mini_batches), strict=True))
+
+    def _micro_step(self, exp: Experience, idx, counts, num_micro: int, shortcut: bool):
+        """Forward/backward on one micro-batch; optimiser step when this process's last micro-batch
+        of the mini-batch is done.
+
+        The loss is ``sum(token_loss * weights)`` with weights from the global mini-batch counts, so
+        the micro-batch losses of all processes add up to the mini-batch loss. accelerate divides
+        each loss by the accumulation steps (DeepSpeed: by its configured ones) and DDP/ZeRO average
+        gradients over processes; multiplying by both makes the gradient exactly that sum.
+        """
+        acc, p = self.accelerator, self.cfg.ppo
+        kl_in_loss = exp.ref_logprobs is not None and p.kl_placement == "loss"
+        part = exp.rollout.select(idx)
+        critic = self.policy.has_critic
+        with acc.accumulate(self.policy.model):
+            with acc.autocast():
+                out = self.policy.score(part, entropy="grad" if p.entropy_coef else "metric", with_values=critic)
+            T = out.logprobs.shape[1]
+            mask = exp.response_mask[idx, :T]
+            weights = algos.loss_weights(p.loss_agg, mask, counts)
+            old_logprobs = out.logprobs.detach() if shortcut else exp.logprobs[idx, :T]
+            terms = algos.LossTerms(
+                cliprange=p.cliprange,
+                cliprange_value=p.cliprange_value,
+                vf_coef=p.vf_coef,
+                entropy_coef=p.entropy_coef,
+                kl_coef=exp.kl_coef,
+                kl_estimator=p.kl_estimator,
+            )
+            loss, metrics = algos.ppo_loss(
+                out.logprobs,
+                old_logprobs,
+                exp.advantages[idx, :T],
+                weights,
+                terms,
+                values=out.values if critic else None,
+                old_values=exp.values[idx, :T] if critic else None,
+                returns=exp.returns[idx, :T] if critic else None,
+                entropy=out.entropy,
+                ref_logprobs=exp.ref_logprobs[idx, :T] if kl_in_loss else None,
+                metric_weights=algos.metric_weights(mask, counts),
+            )
+            per_backend = self.plan.gradient_accumulation_steps if zero.zero_stage(acc) else num_micro
+            acc.backward(loss * (self.plan.world_size * per_backend))
+            if acc.sync_gradients:
+                self._optimizer_step()
+        return metrics, out.logprobs.detach()
+
+    def _gather_fresh_logprobs(self, exp: Experience, fresh: dict[int, torch.Tensor]) -> torch.Tensor:
+        """On-policy shortcut: the logprobs each process computed in the update, in global order."""
+        acc = self.accelerator
+        B, T = exp.rollout.responses.shape
+        idx = torch.tensor(sorted(fresh), dtype=torch.long, device=acc.device)
+        local = torch.zeros(len(idx), T, device=acc.device)
+        for row, i in enumerate(idx.tolist()):
+            local[row, : len(fresh[i])] = fresh[i].float()
+        all_idx = distributed.gather_1d(acc, idx)
+        all_lp = distributed.gather_padded(acc, local)
+        out = torch.zeros(B, T, device=acc.device)
+        out[all_idx] = all_lp[:, :T]
+        return out * exp.response_mask
+
+    def _optimizer_step(self) -> None:
+        acc, max_norm = self.accelerator, self.cfg.optim.max_grad_norm
+        params = self.policy.model.parameters()
+        if acc.scaler is not None:
+            # fp16 loss scaling (GPU, DDP): overflowing gradients are routine while the scale settles. The
+            # GradScaler skips such a step and lowers the scale; it must see every step (a step without its
+            # update() breaks the next unscale_), so it decides here, not the norm. Not a bad step.
+            if max_norm:
+                acc.clip_grad_norm_(params, max_norm)
+            self.optimizer.step()
+            if self.optimizer.step_was_skipped:
+                logger.info(
+                    "fp16 gradient overflow at step %d: update skipped, loss scale lowered", self.global_step + 1
+                )
+            else:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        if max_norm or acc.distributed_type == DistributedType.DEEPSPEED:
+            grad_norm = acc.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        else:  # no clipping: the norm only for the finite check (clip_grad_norm_ would also scale every grad by 1)
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        # Gradients are already all-reduced, so every process sees the same norm and skips together.
+        finite = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)).item())
+        if not finite and zero.zero_stage(acc):
+            # The DeepSpeed engine has already stepped inside backward(): nothing left to skip.
+            raise FloatingPointError(
+                f"non-finite gradient norm at step {self.global_step + 1} under DeepSpeed; "
+                "the update was applied, resume from the last checkpoint with a lower optim.lr"
+            )
+        if not finite:
+            self.skipped_updates += 1
+            logger.warning("non-finite gradient norm at step %d: optimiser update skipped", self.global_step + 1)
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"global_step": self.global_step, "skipped_updates": self.skipped_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+        self.skipped_updates = int(state["skipped_updates"])
