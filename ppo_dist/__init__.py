@@ -9,20 +9,16 @@ The legacy trl (<= 0.11) PPO API is importable from the top level, as from ``trl
 the models load.
 """
 
-_LEGACY = {
-    "PPOConfig": "legacy.config",
-    "PPOTrainer": "legacy.trainer",
-    "AutoModelForCausalLMWithValueHead": "legacy.models",
-    "AutoModelForSeq2SeqLMWithValueHead": "legacy.models",
-    "create_reference_model": "legacy.models",
-    "set_seed": "legacy.core",
+_LEGACY = {  # name -> module of ppo_dist.legacy
+    **dict.fromkeys(["AutoModelForCausalLMWithValueHead", "AutoModelForSeq2SeqLMWithValueHead"], "models"),
+    **{"PPOConfig": "config", "PPOTrainer": "trainer", "create_reference_model": "models", "set_seed": "core"},
 }
 __all__ = list(_LEGACY)
 
 
 def __getattr__(name: str):
-    if name in _LEGACY:
-        import importlib
+    if name not in _LEGACY:
+        raise AttributeError(f"module 'ppo_dist' has no attribute {name!r}")
+    import importlib
 
-        return getattr(importlib.import_module(f".{_LEGACY[name]}", __name__), name)
-    raise AttributeError(f"module 'ppo_dist' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".legacy.{_LEGACY[name]}", __name__), name)

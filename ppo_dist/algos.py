@@ -78,13 +78,6 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical distribution per position: ``(..., V) -> (...)``, float32."""
-    logits = logits.float()
-    logz = torch.logsumexp(logits, dim=-1)
-    return logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-
-
 LOGITS_PER_CHUNK = 1 << 24  # 64 MiB of fp32 logits
 
 

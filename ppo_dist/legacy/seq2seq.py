@@ -46,21 +46,9 @@ class Seq2SeqLMWithValueHead(ValueHeadModel):
         logits_to_keep: int = 0,
         **kwargs,
     ):
-        out = self.pretrained_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask,
-            labels=labels,
-            output_hidden_states=True,
-            use_cache=False,
-            return_dict=True,
-            **kwargs,
-        )
-        hidden, logits = out.decoder_hidden_states[-1], out.logits
-        if logits_to_keep:
-            hidden, logits = hidden[:, -logits_to_keep:], logits[:, -logits_to_keep:]
-        return logits, out.loss, (None if self.v_head is None else self._values(hidden))
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        decoder = dict(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
+        return self._lm_forward(logits_to_keep, **inputs, **decoder, **kwargs)
 
     def _decoder_inputs(self, responses: torch.Tensor, response_mask: torch.Tensor):
         start = self.config.decoder_start_token_id

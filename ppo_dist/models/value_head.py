@@ -100,6 +100,16 @@ class ValueHeadModel(nn.Module):
             return self._score(queries, query_mask, responses, response_mask, entropy, with_values)
         return self._legacy_forward(*args, **kwargs)
 
+    def _lm_forward(self, logits_to_keep: int = 0, **inputs):
+        """The legacy forward on the wrapped LM: ``(logits, loss, values)``, cut to the last
+        ``logits_to_keep`` positions when asked (values from the last hidden state)."""
+        out = self.pretrained_model(**inputs, output_hidden_states=True, use_cache=False, return_dict=True)
+        hidden = (out.decoder_hidden_states if self.is_encoder_decoder else out.hidden_states)[-1]
+        logits = out.logits
+        if logits_to_keep:
+            hidden, logits = hidden[:, -logits_to_keep:], logits[:, -logits_to_keep:]
+        return logits, out.loss, (None if self.v_head is None else self._values(hidden))
+
     def _values(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1)
 
@@ -192,23 +202,8 @@ class CausalLMWithValueHead(ValueHeadModel):
     ):
         supported = logits_to_keep and "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters
         extra = {"logits_to_keep": logits_to_keep} if supported else {}
-        out = self.pretrained_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels,
-            output_hidden_states=True,
-            use_cache=False,
-            return_dict=True,
-            **extra,
-            **kwargs,
-        )
-        hidden = out.hidden_states[-1]
-        logits = out.logits
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-            logits = logits[:, -logits_to_keep:]
-        return logits, out.loss, (None if self.v_head is None else self._values(hidden))
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, labels=labels)
+        return self._lm_forward(logits_to_keep, **inputs, **extra, **kwargs)
 
     def _score(self, queries, query_mask, responses, response_mask, entropy: str, with_values: bool) -> TokenScores:
         """Sequence layout ``[query (left-padded) | response (right-padded)]``; position ids follow the

@@ -20,16 +20,7 @@ from .runner import StageRunner
 
 class Runner(StageRunner):
     headline = ("rewards/accuracies", "rewards/margins")
-
-    def config_class(self) -> type:
-        from trl import DPOConfig
-
-        return DPOConfig
-
-    def trainer_class(self) -> type:
-        from trl import DPOTrainer
-
-        return DPOTrainer
+    trl_classes = ("DPOConfig", "DPOTrainer")
 
     def stage_args(self) -> dict:
         return {"beta": self.cfg.dpo.beta, "disable_dropout": self.cfg.model.disable_dropout}

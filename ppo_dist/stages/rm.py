@@ -22,16 +22,7 @@ from .runner import StageRunner
 
 class Runner(StageRunner):
     headline = ("accuracy", "margin")
-
-    def config_class(self) -> type:
-        from trl import RewardConfig
-
-        return RewardConfig
-
-    def trainer_class(self) -> type:
-        from trl import RewardTrainer
-
-        return RewardTrainer
+    trl_classes = ("RewardConfig", "RewardTrainer")
 
     def stage_args(self) -> dict:
         return {

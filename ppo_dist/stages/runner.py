@@ -27,6 +27,7 @@ preparation. Around the TRL trainer (a ``transformers.Trainer``) the runner prov
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -110,12 +111,13 @@ class MarkComplete(TrainerCallback):
 class StageRunner:
     """Builds a TRL trainer from a :class:`Config` and runs it with the guarantees in the module doc.
 
-    Subclasses define ``config_class`` / ``trainer_class`` (the TRL classes), ``stage_args`` (their
-    stage-specific fields), ``build_model``, and optionally ``embedded_data``, ``check_format``,
+    Subclasses name their TRL classes (``trl_classes``: config, trainer) and define ``stage_args``
+    (their stage-specific fields), ``build_model``, and optionally ``embedded_data``, ``check_format``,
     ``prepare``, ``trainer_kwargs`` and ``headline`` (the metrics of the summary line).
     """
 
     headline: tuple[str, ...] = ("loss",)
+    trl_classes: tuple[str, str]  # names in ``trl``: the stage's config and trainer classes
 
     def __init__(self, cfg: Config):
         self.plan = validate(cfg, distributed.world_size_from_env())  # before any model is loaded
@@ -164,10 +166,10 @@ class StageRunner:
     # ------------------------------------------------------------------ what a stage defines
 
     def config_class(self) -> type:
-        raise NotImplementedError
+        return getattr(importlib.import_module("trl"), self.trl_classes[0])
 
     def trainer_class(self) -> type:
-        raise NotImplementedError
+        return getattr(importlib.import_module("trl"), self.trl_classes[1])
 
     def stage_args(self) -> dict:
         """Fields of the TRL config that only this stage has."""

@@ -15,16 +15,7 @@ from .runner import StageRunner
 
 class Runner(StageRunner):
     headline = ("loss", "mean_token_accuracy")
-
-    def config_class(self) -> type:
-        from trl import SFTConfig
-
-        return SFTConfig
-
-    def trainer_class(self) -> type:
-        from trl import SFTTrainer
-
-        return SFTTrainer
+    trl_classes = ("SFTConfig", "SFTTrainer")
 
     def stage_args(self) -> dict:
         s = self.cfg.sft
