@@ -28,6 +28,7 @@ def main(argv=None) -> int:
 
     from ppo_dist.models import ModelLoadError
     from ppo_dist.rewards import RewardError
+    from ppo_dist.rl.engines import RolloutEngineError
     from ppo_dist.rl.trainer import Trainer
     from ppo_dist.runtime.checkpoint import CheckpointError
     from ppo_dist.runtime.guards import KLGuardError, NumericsError
@@ -39,9 +40,12 @@ def main(argv=None) -> int:
     except (ConfigError, ModelLoadError) as e:  # found while building: before any training or saving
         print(f"{'config' if isinstance(e, ConfigError) else 'model'} error: {e}", file=sys.stderr)
         return 2
+    except RolloutEngineError as e:  # the engine did not start
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     try:
         trainer.train()
-    except (RewardError, NumericsError, KLGuardError, CheckpointError) as e:  # already explained: no traceback
+    except (RewardError, NumericsError, KLGuardError, CheckpointError, RolloutEngineError) as e:  # explained already
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -12,7 +12,8 @@ micro-batch losses add up to the loss of the global mini-batch. Per-token statis
 fractions, entropy, ...) are weighted by :func:`metric_weights`, which sum to 1 over that mini-batch.
 
 Registries (a new variant is one registered function; config validation and ``--help`` list them):
-``KL_ESTIMATORS``, ``ADVANTAGE_ESTIMATORS``, ``LOSS_AGGREGATIONS``.
+``KL_ESTIMATORS``, ``ADVANTAGE_ESTIMATORS``, ``REWARD_SCALES``, ``LOSS_AGGREGATIONS``, ``POLICY_LOSSES``,
+``ENGINE_CORRECTIONS``.
 """
 
 from __future__ import annotations
@@ -135,6 +136,10 @@ def chunked_logprobs(
 
 # ----------------------------------------------------------------------------- KL to the reference
 
+# |log ratio| is clamped to this before exp (the PPO ratio, k3, importance weights), as verl and OpenRLHF
+# do: one far-off token would otherwise overflow to an infinite ratio and a skipped step. exp(20) ~ 4.9e8.
+LOG_RATIO_CLAMP = 20.0
+
 
 def _kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return logprobs - ref_logprobs
@@ -147,7 +152,7 @@ def _kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 def _kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     # Schulman, "Approximating KL divergence" (2020): k3 = (r - 1) - log r, r = p_ref / p; unbiased, >= 0.
-    log_ratio = ref_logprobs - logprobs
+    log_ratio = (ref_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return torch.expm1(log_ratio) - log_ratio
 
 
@@ -286,6 +291,7 @@ class AdvantageInputs:
     lam: float = 0.95
     whiten: bool = True
     eps: float = 1e-6
+    scale: str = "group"  # grpo: what the reward's distance to its group mean is divided by (REWARD_SCALES)
 
 
 @dataclass(frozen=True)
@@ -342,13 +348,27 @@ def _gae(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     return advantages, returns
 
 
+def _batch_std(r: torch.Tensor, x: AdvantageInputs) -> torch.Tensor:
+    valid = r[x.valid]
+    return (valid.std() if valid.numel() > 1 else torch.zeros((), device=r.device)).expand_as(r)
+
+
+# ppo.scale_rewards: the denominator of GRPO's advantage, from (outcome rewards, group std, inputs).
+REWARD_SCALES: dict[str, Callable[[torch.Tensor, torch.Tensor, AdvantageInputs], torch.Tensor]] = {
+    "group": lambda r, group_std, x: group_std + x.eps,  # Shao et al. 2024
+    "batch": lambda r, group_std, x: _batch_std(r, x) + x.eps,  # Hu et al. 2025 (REINFORCE++), TRL's "batch"
+    "none": lambda r, group_std, x: torch.ones_like(r),  # Liu et al. 2025 (Dr. GRPO)
+}
+
+
 @register_advantage("grpo", needs_groups=True)
 def _grpo(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO (Shao et al. 2024, DeepSeekMath eq. 3 / sec. 4.1.2): ``(r - mean_g) / (std_g + eps)``,
-    the same for every token of a response. A zero-variance group gets 0."""
+    the same for every token of a response; ``x.scale`` (:data:`REWARD_SCALES`) may divide by the batch's
+    std instead, or by nothing. A zero-variance group gets 0."""
     r = _outcome(x)
     mean, std, _ = group_stats(r, x.group, x.valid)
-    return _broadcast((r - mean) / (std + x.eps), x)
+    return _broadcast((r - mean) / REWARD_SCALES[x.scale](r, std, x), x)
 
 
 @register_advantage("dr_grpo", needs_groups=True)
@@ -434,7 +454,103 @@ def metric_weights(mask: torch.Tensor, counts: MiniBatchCounts) -> torch.Tensor:
     return loss_weights("token_mean", mask, counts)
 
 
+# ----------------------------------------------------------------------------- sampler mismatch
+
+
+def _no_correction(log_w: torch.Tensor, cap: float) -> torch.Tensor:
+    return torch.ones_like(log_w)
+
+
+def _truncated_is(log_w: torch.Tensor, cap: float) -> torch.Tensor:
+    return log_w.exp().clamp(max=cap)
+
+
+def _masked_is(log_w: torch.Tensor, cap: float) -> torch.Tensor:
+    return (log_w.exp() <= cap).to(log_w.dtype)
+
+
+# rollout.engine_correction: importance weight (from the log-weight, at most ``cap``) per token.
+ENGINE_CORRECTIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "none": _no_correction,
+    "tis": _truncated_is,  # truncated importance sampling: min(w, cap)
+    "mis": _masked_is,  # masked importance sampling: the token (or sequence) leaves the loss when w > cap
+}
+ENGINE_CORRECTION_LEVELS = ("token", "sequence")
+
+
+def engine_is_weights(
+    logprobs: torch.Tensor,
+    engine_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "none",
+    cap: float = 2.0,
+    level: str = "token",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Importance weights for responses sampled by another engine's copy of the policy (vLLM).
+
+    Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training": the
+    sampler drew each token from ``pi_engine``, while the PPO ratio is taken against the trainer's own
+    old policy ``pi_old`` (same weights, other kernels), so ``w = pi_old / pi_engine`` corrects the
+    gradient. ``level`` ``"token"``: ``w_t = exp(logprobs_t - engine_logprobs_t)``; ``"sequence"``: the
+    product over the response, the same for all its tokens. ``mode`` (:data:`ENGINE_CORRECTIONS`):
+    ``"tis"`` ``min(w, cap)``, ``"mis"`` ``1[w <= cap]``, ``"none"`` 1. The log-weight is clamped to
+    ``±LOG_RATIO_CLAMP`` first. All ``(B, T)``, no gradient; 0 on padding.
+    Returns ``(weights, w)``: the loss multipliers and the raw importance ratios (for statistics).
+    """
+    mask = mask.to(logprobs.dtype)
+    log_w = ((logprobs - engine_logprobs) * mask).detach()
+    if level == "sequence":
+        log_w = log_w.sum(1, keepdim=True).expand_as(mask)
+    log_w = log_w.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return ENGINE_CORRECTIONS[mode](log_w, cap) * mask, log_w.exp() * mask
+
+
 # ----------------------------------------------------------------------------- losses
+
+
+@dataclass
+class LossTerms:
+    """The coefficients of :func:`ppo_loss`; a term whose inputs are None is left out.
+
+    ``cliprange`` is the lower clip (``1 - cliprange``) and, unless ``cliprange_high`` is given, the
+    upper one too (DAPO's clip-higher: ``cliprange_high`` 0.28 with ``cliprange`` 0.2). ``dual_clip``
+    (c > 1, Ye et al. 2020) bounds a negative advantage's loss by ``-c * A``. ``policy_loss`` names the
+    surrogate in :data:`POLICY_LOSSES`.
+    """
+
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    cliprange_high: float | None = None
+    dual_clip: float | None = None
+    policy_loss: str = "ppo"
+
+    @property
+    def clip_low(self) -> float:
+        return self.cliprange
+
+    @property
+    def clip_high(self) -> float:
+        return self.cliprange if self.cliprange_high is None else self.cliprange_high
+
+
+def _ratio_metrics(
+    ratio: torch.Tensor, log_ratio: torch.Tensor, clamped: torch.Tensor, w: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Statistics every surrogate reports: KL estimates of the update, the ratio's mean, min and max."""
+    valid = mask > 0
+    big = torch.finfo(ratio.dtype).max
+    return {
+        "policy/approxkl": (0.5 * log_ratio**2 * w).sum(),
+        "policy/policykl": (-log_ratio * w).sum(),
+        "policy/ratio": (ratio * w).sum(),
+        "policy/ratio_min": torch.where(valid, ratio, big).min() if valid.any() else ratio.new_ones(()),
+        "policy/ratio_max": torch.where(valid, ratio, -big).max() if valid.any() else ratio.new_ones(()),
+        "policy/log_ratio_clamped": (clamped.float() * w).sum(),
+    }
 
 
 def policy_loss(
@@ -444,21 +560,117 @@ def policy_loss(
     weights: torch.Tensor,
     cliprange: float,
     metric_weights: torch.Tensor | None = None,
+    *,
+    cliprange_high: float | None = None,
+    dual_clip: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate objective (Schulman et al. 2017, eq. 7), aggregated by ``weights``; statistics
-    averaged with ``metric_weights`` (default ``weights``)."""
+    averaged with ``metric_weights`` (default ``weights``).
+
+    The ratio is clipped to ``[1 - cliprange, 1 + cliprange_high]`` (``cliprange_high`` defaults to
+    ``cliprange``; DAPO, Yu et al. 2025, eq. 10); with ``dual_clip`` c the loss of a token with a
+    negative advantage is at most ``-c * A`` (Ye et al. 2020, eq. 5). The log-ratio is clamped to
+    ``±LOG_RATIO_CLAMP`` before ``exp``: an extreme token gets a large, finite ratio (and no gradient).
+    """
+    high = cliprange if cliprange_high is None else cliprange_high
     log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
+    clamped = log_ratio.detach().abs() > LOG_RATIO_CLAMP
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     pg_losses = -advantages * ratio
-    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = (torch.maximum(pg_losses, pg_losses_clipped) * weights).sum()
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + high)
+    losses = torch.maximum(pg_losses, pg_losses_clipped)
+    if dual_clip is not None:
+        losses = torch.where(advantages < 0, torch.minimum(losses, -dual_clip * advantages), losses)
+    loss = (losses * weights).sum()
     w = weights if metric_weights is None else metric_weights
     with torch.no_grad():
+        clipped = pg_losses_clipped > pg_losses
         metrics = {
-            "policy/clipfrac": ((pg_losses_clipped > pg_losses).float() * w).sum(),
-            "policy/approxkl": (0.5 * log_ratio**2 * w).sum(),
-            "policy/policykl": (-log_ratio * w).sum(),
-            "policy/ratio": (ratio * w).sum(),
+            "policy/clipfrac": (clipped.float() * w).sum(),
+            "policy/clipfrac_low": ((clipped & (ratio < 1.0)).float() * w).sum(),
+            "policy/clipfrac_high": ((clipped & (ratio > 1.0)).float() * w).sum(),
+            **_ratio_metrics(ratio, log_ratio, clamped, w, weights),
+        }
+        if dual_clip is not None:
+            metrics["policy/dual_clipfrac"] = (
+                ((advantages < 0) & (losses < torch.maximum(pg_losses, pg_losses_clipped))).float() * w
+            ).sum()
+    return loss, metrics
+
+
+PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+
+
+def register_policy_loss(name: str):
+    """Decorator: ``fn(logprobs, old_logprobs, advantages, weights, terms, *, mask, metric_weights)
+    -> (loss, metrics)``, every tensor ``(B, T)``; ``mask`` marks the valid response tokens."""
+
+    def wrap(fn: PolicyLoss) -> PolicyLoss:
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_policy_loss("ppo")
+def _ppo_policy_loss(logprobs, old_logprobs, advantages, weights, terms: LossTerms, *, mask, metric_weights):
+    """The clipped surrogate per token (:func:`policy_loss`)."""
+    return policy_loss(
+        logprobs,
+        old_logprobs,
+        advantages,
+        weights,
+        terms.clip_low,
+        metric_weights,
+        cliprange_high=terms.cliprange_high,
+        dual_clip=terms.dual_clip,
+    )
+
+
+@register_policy_loss("gspo")
+def _gspo_policy_loss(logprobs, old_logprobs, advantages, weights, terms: LossTerms, *, mask, metric_weights):
+    """GSPO (Zheng et al. 2025, eq. 7 and its token form, eq. 13): one importance ratio per sequence,
+    the geometric mean of its token ratios ``s = exp(mean_t log r_t)``, clipped to
+    ``[1 - cliprange, 1 + cliprange_high]``. Each token carries ``sg[s] * pi_t / sg[pi_t]``, so the
+    value is the sequence ratio and the gradient flows through every token's logprob. The paper's clip
+    ranges are small (3e-4 / 4e-4): a sequence ratio moves far less than a token's."""
+    mask = mask.to(logprobs.dtype)
+    log_ratio = logprobs - old_logprobs
+    seq_log_ratio = (log_ratio * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp_min(1)
+    token_log_ratio = logprobs - logprobs.detach() + seq_log_ratio.detach()
+    clamped = token_log_ratio.detach().abs() > LOG_RATIO_CLAMP
+    ratio = torch.exp(token_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    pg_losses = -advantages * ratio
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - terms.clip_low, 1.0 + terms.clip_high)
+    loss = (torch.maximum(pg_losses, pg_losses_clipped) * weights).sum()
+    with torch.no_grad():
+        clipped = pg_losses_clipped > pg_losses
+        metrics = {
+            "policy/clipfrac": (clipped.float() * metric_weights).sum(),
+            "policy/clipfrac_low": ((clipped & (ratio < 1.0)).float() * metric_weights).sum(),
+            "policy/clipfrac_high": ((clipped & (ratio > 1.0)).float() * metric_weights).sum(),
+            **_ratio_metrics(ratio, log_ratio, clamped, metric_weights, mask),
+        }
+    return loss, metrics
+
+
+@register_policy_loss("cispo")
+def _cispo_policy_loss(logprobs, old_logprobs, advantages, weights, terms: LossTerms, *, mask, metric_weights):
+    """CISPO (MiniMax-M1, Chen et al. 2025, eq. 4): ``-sg[clip(r, 1 - cliprange, 1 + cliprange_high)] * A
+    * log pi``. The importance weight is clipped and its gradient stopped, so every token keeps the
+    gradient of its logprob (PPO's clip drops clipped tokens' gradients entirely)."""
+    log_ratio = logprobs - old_logprobs
+    clamped = log_ratio.detach().abs() > LOG_RATIO_CLAMP
+    ratio = torch.exp(log_ratio.detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    is_weight = torch.clamp(ratio, 1.0 - terms.clip_low, 1.0 + terms.clip_high)
+    loss = (-advantages * is_weight * logprobs * weights).sum()
+    with torch.no_grad():
+        metrics = {
+            "policy/clipfrac": ((is_weight != ratio).float() * metric_weights).sum(),
+            "policy/clipfrac_low": ((ratio < 1.0 - terms.clip_low).float() * metric_weights).sum(),
+            "policy/clipfrac_high": ((ratio > 1.0 + terms.clip_high).float() * metric_weights).sum(),
+            **_ratio_metrics(ratio, log_ratio, clamped, metric_weights, mask),
         }
     return loss, metrics
 
@@ -489,18 +701,6 @@ def value_loss(
     return loss, metrics
 
 
-@dataclass
-class LossTerms:
-    """The coefficients of :func:`ppo_loss`; a term whose inputs are None is left out."""
-
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    entropy_coef: float = 0.0
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-
-
 def ppo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -514,17 +714,26 @@ def ppo_loss(
     entropy: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None,
     metric_weights: torch.Tensor | None = None,
+    is_weights: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``policy + vf_coef * value - entropy_coef * entropy + kl_coef * KL``, every input ``(B, T)``.
 
-    The value term needs ``values``/``old_values``/``returns`` (gae); the KL term ``ref_logprobs``
-    (``ppo.kl_placement: loss``, GRPO-style: the estimator is evaluated at the current policy, so it
-    is differentiated); ``entropy`` without grad is only reported. Loss terms are aggregated by
-    ``weights``, per-token statistics averaged with ``metric_weights`` (:func:`metric_weights`;
-    default ``weights``). Returns ``(loss, metrics)``.
+    The policy term is the surrogate ``terms.policy_loss`` names (:data:`POLICY_LOSSES`), its token
+    losses multiplied by ``is_weights`` when given (the sampler-mismatch correction,
+    :func:`engine_is_weights`). The value term needs ``values``/``old_values``/``returns`` (gae); the KL
+    term ``ref_logprobs`` (``ppo.kl_placement: loss``, GRPO-style: the estimator is evaluated at the
+    current policy, so it is differentiated); ``entropy`` without grad is only reported. Loss terms are
+    aggregated by ``weights``, per-token statistics averaged with ``metric_weights``
+    (:func:`metric_weights`; default ``weights``). ``mask`` (valid tokens) defaults to ``weights > 0``.
+    Returns ``(loss, metrics)``.
     """
     mw = weights if metric_weights is None else metric_weights
-    loss, metrics = policy_loss(logprobs, old_logprobs, advantages, weights, terms.cliprange, mw)
+    mask = (weights > 0).to(weights.dtype) if mask is None else mask
+    pg_weights = weights if is_weights is None else weights * is_weights
+    loss, metrics = POLICY_LOSSES[terms.policy_loss](
+        logprobs, old_logprobs, advantages, pg_weights, terms, mask=mask, metric_weights=mw
+    )
     metrics = {"loss/policy": loss.detach(), **metrics}
     if values is not None:
         vf, vf_metrics = value_loss(values, old_values, returns, weights, terms.cliprange_value, mw)

@@ -55,6 +55,7 @@ class EngineEntry:
 # rollout.engine -> its implementation (the registry --help and validation list).
 ROLLOUT_ENGINES = {
     "hf": EngineEntry("hf", "transformers generate on the policy itself (nothing to sync)"),
+    "vllm": EngineEntry("vllm", "an in-process vLLM engine per process, weights synced after every update"),
 }
 
 
@@ -149,6 +150,30 @@ class RolloutConfig:
     n_samples_per_prompt: int = doc_field(
         1, "responses sampled per prompt; a prompt's responses form a group (grpo, rloo, ...)"
     )
+    engine_correction: str = doc_field(
+        "none",
+        "correct for the engine's own copy of the policy (vllm): none | tis (truncated importance weights) | mis "
+        "(tokens or sequences whose weight exceeds the cap leave the loss); Yao et al. 2025",
+        choices=_algos_registry("ENGINE_CORRECTIONS"),
+    )
+    engine_correction_cap: float = doc_field(2.0, "tis / mis: the importance weight cap")
+    engine_correction_level: str = doc_field(
+        "token",
+        "tis / mis: one weight per token, or per sequence (product over its tokens)",
+        choices=lambda: ("token", "sequence"),
+    )
+    vllm_gpu_memory_utilization: float = doc_field(
+        0.3, "vllm on a GPU: share of the GPU's memory the engine may take (weights and KV cache)"
+    )
+    vllm_kv_cache_gb: float | None = doc_field(
+        None, "vllm: KV cache size in GiB (on CPU the cache is host memory; empty = 1 GiB on CPU, the share on GPU)"
+    )
+    vllm_sleep: bool = doc_field(
+        True, "vllm on a GPU: release the engine's memory while the policy trains (sleep / wake up around the update)"
+    )
+    vllm_timeout: float = doc_field(
+        600.0, "vllm: seconds the engine's start, one generate call or one weight sync may take; past it the run stops"
+    )
 
 
 @dataclass
@@ -158,6 +183,18 @@ class PPOConfig:
     gradient_accumulation_steps: int = doc_field(1, "micro-batches accumulated per optimiser step on each process")
     shuffle: bool = doc_field(True, "reshuffle mini-batches every PPO epoch (seeded, identical on all processes)")
     cliprange: float = doc_field(0.2, "policy ratio clip epsilon")
+    cliprange_low: float | None = doc_field(None, "lower clip: ratio >= 1 - cliprange_low; empty = ppo.cliprange")
+    cliprange_high: float | None = doc_field(
+        None, "upper clip: ratio <= 1 + cliprange_high (DAPO clip-higher: 0.28); empty = ppo.cliprange"
+    )
+    dual_clip: float | None = doc_field(
+        None, "dual-clip PPO constant c > 1: a negative advantage's loss is at most -c*A (Ye et al. 2020); empty = off"
+    )
+    policy_loss: str = doc_field(
+        "ppo",
+        "policy surrogate: ppo (clipped token ratio) | gspo (clipped sequence ratio) | cispo (clipped, stopped weight)",
+        choices=_algos_registry("POLICY_LOSSES"),
+    )
     cliprange_value: float = doc_field(0.2, "value prediction clip around the rollout values")
     vf_coef: float = doc_field(0.1, "value loss coefficient")
     entropy_coef: float = doc_field(0.0, "entropy bonus coefficient")
@@ -192,6 +229,12 @@ class PPOConfig:
         True,
         "when one optimiser step consumes the whole rollout (1 epoch, 1 mini-batch, no critic, KL not in the reward), "
         "take the old logprobs from the update's own forward instead of a separate pass",
+    )
+    scale_rewards: str = doc_field(
+        "group",
+        "grpo: divide each reward's distance to its group mean by the group's std (group), the batch's std (batch), "
+        "or nothing (none)",
+        choices=_algos_registry("REWARD_SCALES"),
     )
     whiten_advantages: bool = doc_field(True, "gae: normalise advantages over all valid tokens of all processes")
     whiten_rewards: bool = doc_field(False, "normalise per-token rewards (shift kept) before GAE")

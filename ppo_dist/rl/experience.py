@@ -31,7 +31,7 @@ from ..data import PromptStream
 from ..rewards import Reward, RewardError, RewardNormalizer
 from ..runtime import distributed
 from .batching import equal_counts, plan_micro_batches
-from .engines import RolloutEngine, Sampling
+from .engines import RolloutEngine, Sampling, agreed
 from .roles import Policy, Reference
 from .rollout import Rollout, ends_with_eos
 
@@ -124,7 +124,16 @@ class ExperienceMaker:
         batch = self.prompts.local_batch(step - 1, acc.process_index, acc.num_processes, self.plan.n_samples_per_prompt)
         t0 = time.perf_counter()
         seed = distributed.seed_for(self.cfg.train.seed, step - 1, acc.process_index)  # per step: exact resume
-        rollout = self.engine.generate(batch.input_ids, self.sampling.with_seed(seed))
+        first = acc.process_index * len(batch.input_ids)  # global index of this process's first sample
+        sample_seeds = tuple(
+            distributed.seed_for(self.cfg.train.seed, step - 1, -1, first + i) for i in range(len(batch.input_ids))
+        )
+        rollout = agreed(
+            acc,
+            self.engine.generate,
+            batch.input_ids,
+            self.sampling.with_seed(seed, step=step, sample_seeds=sample_seeds),
+        )
         timings = {"time/rollout": time.perf_counter() - t0}
         t0 = time.perf_counter()
         completions = self.decode(rollout)
@@ -262,6 +271,7 @@ class ExperienceMaker:
             gamma=p.gamma,
             lam=p.lam,
             whiten=p.whiten_advantages,
+            scale=p.scale_rewards,
         )
         advantages, returns = algos.compute_advantages(p.advantage_estimator, inputs)
         return advantages.detach(), returns.detach(), non_score
@@ -308,9 +318,34 @@ class ExperienceMaker:
             groups = first & (count > 1)
             values["env/group_reward_std_mean"] = std[groups].mean() if groups.any() else zero_
             values["env/zero_std_group_frac"] = (std[groups] == 0).float().mean() if groups.any() else zero_
+        if exp.rollout.engine_logprobs is not None:
+            values.update(self._engine_statistics(exp, mask))
         if self.reference is not None:
             values["objective/kl_coef"] = exp.kl_coef
         values["env/skipped_samples"] = float(self.skipped_samples)
+        return values
+
+    def _engine_statistics(self, exp: Experience, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """How far the engine's sampler was from the trainer's old policy (its own forward on the same
+        weights): |logprob difference| per token, and the importance weights the correction uses."""
+        r = self.cfg.rollout
+        engine = exp.rollout.engine_logprobs
+        valid = mask > 0
+        diff = (exp.logprobs - engine).abs()
+        weights, ratio = algos.engine_is_weights(
+            exp.logprobs, engine, mask, r.engine_correction, r.engine_correction_cap, r.engine_correction_level
+        )
+        zero_ = torch.zeros((), device=mask.device)
+        values = {
+            "rollout/engine_logprob_diff_mean": algos.masked_mean(diff, mask),
+            "rollout/engine_logprob_diff_max": diff[valid].max() if valid.any() else zero_,
+            "rollout/is_ratio_mean": algos.masked_mean(ratio, mask),
+            "rollout/is_ratio_max": ratio[valid].max() if valid.any() else zero_,
+        }
+        if r.engine_correction == "tis":
+            values["rollout/is_capped_frac"] = algos.masked_mean((ratio > r.engine_correction_cap).float(), mask)
+        if r.engine_correction == "mis":
+            values["rollout/is_masked_frac"] = algos.masked_mean((weights == 0).float(), mask)
         return values
 
     def observe(self, stats: dict[str, float]) -> None:

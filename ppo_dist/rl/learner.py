@@ -20,7 +20,7 @@ from ..data import PromptStream
 from ..models import CausalLMWithValueHead, build_policy, build_reference_model, freeze, prepare_policy
 from ..rewards import Reward
 from ..runtime import zero
-from .engines import build_rollout_engine
+from .engines import agreed, build_rollout_engine
 from .experience import Experience, ExperienceMaker
 from .roles import Policy, Reference
 from .rollout import Rollout
@@ -48,8 +48,11 @@ class Learner:
         floats = torch.stack([values[k].float().reshape(()) for k in tensors]).tolist() if tensors else []
         stats = {**values, **dict(zip(tensors, floats, strict=True)), **exp.timings}
         self.experience.observe(stats)
-        if self.experience.engine is not None:
-            self.experience.engine.sync_weights(self.policy)
+        engine = self.experience.engine
+        if engine is not None:  # the next rollout samples from the updated policy
+            seconds = agreed(self.policy.accelerator, engine.sync_weights, self.policy, exp.step)
+            if seconds is not None:
+                stats["time/weight_sync"] = seconds
         return stats
 
     def step(self, rollout: Rollout, scores: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:

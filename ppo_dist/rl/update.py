@@ -62,7 +62,8 @@ class PPOUpdate:
         rank = acc.process_index
         shortcut = exp.logprobs is None  # on-policy shortcut: the first forward gives the old logprobs
         mask = exp.response_mask
-        sums: dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor] = {}  # token-weighted means (weights sum to 1 per mini-batch)
+        extremes: dict[str, torch.Tensor] = {}  # "*_max" as is, "*_min" negated: reduced by max
         fresh_logprobs: dict[int, torch.Tensor] = {}
         self.micro_batch_counts = []
         self.policy.model.train()
@@ -90,14 +91,23 @@ class PPOUpdate:
                 for idx in micro:
                     metrics, logprobs = self._micro_step(exp, idx, counts, len(micro), shortcut)
                     for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v
+                        if k.endswith(("_max", "_min")):
+                            v = v if k.endswith("_max") else -v
+                            extremes[k] = torch.maximum(extremes[k], v) if k in extremes else v
+                        else:
+                            sums[k] = sums.get(k, 0.0) + v
                     if shortcut:
                         fresh_logprobs.update({int(i): lp for i, lp in zip(idx.tolist(), logprobs, strict=True)})
         if shortcut:
             exp.logprobs = self._gather_fresh_logprobs(exp, fresh_logprobs)
         keys = sorted(sums)
         stacked = distributed.reduce_sum(acc, torch.stack([sums[k] for k in keys]))
-        return dict(zip(keys, stacked / (p.ppo_epochs * plan.num_mini_batches), strict=True))
+        out = dict(zip(keys, stacked / (p.ppo_epochs * plan.num_mini_batches), strict=True))
+        if extremes:
+            names = sorted(extremes)
+            reduced = distributed.reduce_max(acc, torch.stack([extremes[k] for k in names]))
+            out.update({k: v if k.endswith("_max") else -v for k, v in zip(names, reduced, strict=True)})
+        return out
 
     def _micro_step(self, exp: Experience, idx, counts, num_micro: int, shortcut: bool):
         """Forward/backward on one micro-batch; optimiser step when this process's last micro-batch
@@ -108,7 +118,7 @@ class PPOUpdate:
         each loss by the accumulation steps (DeepSpeed: by its configured ones) and DDP/ZeRO average
         gradients over processes; multiplying by both makes the gradient exactly that sum.
         """
-        acc, p = self.accelerator, self.cfg.ppo
+        acc, p, r = self.accelerator, self.cfg.ppo, self.cfg.rollout
         kl_in_loss = exp.ref_logprobs is not None and p.kl_placement == "loss"
         part = exp.rollout.select(idx)
         critic = self.policy.has_critic
@@ -119,13 +129,26 @@ class PPOUpdate:
             mask = exp.response_mask[idx, :T]
             weights = algos.loss_weights(p.loss_agg, mask, counts)
             old_logprobs = out.logprobs.detach() if shortcut else exp.logprobs[idx, :T]
+            is_weights = None
+            if part.engine_logprobs is not None and r.engine_correction != "none":
+                is_weights, _ = algos.engine_is_weights(
+                    old_logprobs,
+                    part.engine_logprobs[:, :T],
+                    mask,
+                    r.engine_correction,
+                    r.engine_correction_cap,
+                    r.engine_correction_level,
+                )
             terms = algos.LossTerms(
-                cliprange=p.cliprange,
+                cliprange=p.cliprange if p.cliprange_low is None else p.cliprange_low,
                 cliprange_value=p.cliprange_value,
                 vf_coef=p.vf_coef,
                 entropy_coef=p.entropy_coef,
                 kl_coef=exp.kl_coef,
                 kl_estimator=p.kl_estimator,
+                cliprange_high=p.cliprange_high,
+                dual_clip=p.dual_clip,
+                policy_loss=p.policy_loss,
             )
             loss, metrics = algos.ppo_loss(
                 out.logprobs,
@@ -139,6 +162,8 @@ class PPOUpdate:
                 entropy=out.entropy,
                 ref_logprobs=exp.ref_logprobs[idx, :T] if kl_in_loss else None,
                 metric_weights=algos.metric_weights(mask, counts),
+                is_weights=is_weights,
+                mask=mask,
             )
             per_backend = self.plan.gradient_accumulation_steps if zero.zero_stage(acc) else num_micro
             acc.backward(loss * (self.plan.world_size * per_backend))

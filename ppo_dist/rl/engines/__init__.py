@@ -21,6 +21,7 @@ from typing import Protocol
 import torch
 
 from ...config import ROLLOUT_ENGINES, Config, RolloutConfig
+from ...runtime import distributed
 from ..roles import Policy
 from ..rollout import Rollout
 
@@ -39,6 +40,10 @@ class Sampling:
     bos_token_id: int | None
     seed: int = 0  # per step and process (distributed.seed_for): runs are reproducible and resumable
     min_new_tokens: int = 0  # EOS is blocked before this many tokens
+    step: int = 0  # the PPO step sampled for (1-based), for messages
+    # One seed per prompt, from its global index: an engine with per-request seeds (vllm) samples the
+    # same responses on any number of processes. Empty: engines derive them from ``seed``.
+    sample_seeds: tuple[int, ...] = ()
     chunk_size: int = 0  # prompts per generate call; 0 = all
 
     @classmethod
@@ -55,8 +60,12 @@ class Sampling:
             chunk_size=cfg.generation_batch_size,
         )
 
-    def with_seed(self, seed: int) -> Sampling:
-        return replace(self, seed=seed)
+    def with_seed(self, seed: int, **changes) -> Sampling:
+        return replace(self, seed=seed, **changes)
+
+
+class RolloutEngineError(RuntimeError):
+    """An engine failed to start, sample or sync; the message names the process, step and engine."""
 
 
 class RolloutEngine(Protocol):
@@ -66,13 +75,28 @@ class RolloutEngine(Protocol):
         """Responses to ``prompt_ids`` (1-D id tensors, one per sample) on the accelerator's device."""
         ...
 
-    def sync_weights(self, policy: Policy) -> None:
-        """Bring the engine's weights up to date with ``policy`` (after an optimiser update)."""
+    def sync_weights(self, policy: Policy, step: int | None = None) -> float | None:
+        """Bring the engine's weights up to date with ``policy`` (after an optimiser update); the
+        seconds it took, or None for an engine that samples from the policy itself."""
         ...
 
     def close(self) -> None:
         """Release what the engine holds (memory, threads); it is not used again."""
         ...
+
+
+def agreed(accelerator, call, *args):
+    """``call(*args)``, with every process agreeing on a :class:`RolloutEngineError` (one all-reduce):
+    all raise the same message instead of the healthy ones waiting in the next collective."""
+    result = error = None
+    try:
+        result = call(*args)
+    except RolloutEngineError as e:
+        error = e
+    failures = distributed.failures_everywhere(accelerator, error)
+    if failures is not None:
+        raise RolloutEngineError("; ".join(m for m in failures if m)) from error
+    return result
 
 
 def build_rollout_engine(cfg: Config, accelerator, policy: Policy, tokenizer) -> RolloutEngine:

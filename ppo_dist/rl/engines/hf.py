@@ -70,8 +70,9 @@ class HFEngine:
             model.eval()
             return generate(model, prompt_ids, self.tokenizer, generation_config(sampling), sampling.chunk_size)
 
-    def sync_weights(self, policy: Policy) -> None:
+    def sync_weights(self, policy: Policy, step: int | None = None) -> float | None:
         """Nothing to do: the engine samples from the policy's own weights."""
+        return None
 
     def close(self) -> None:
         pass
