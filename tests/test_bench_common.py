@@ -1,6 +1,8 @@
 """bench/common.py: the shared benchmark settings stay in step with the project."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import common  # noqa: E402
 
 from ppo_dist.rewards import chinese_rule  # noqa: E402
+
+from .launch import REPO  # noqa: E402
 
 TEXTS = [
     "",
@@ -82,3 +86,24 @@ def test_emit_prints_one_json_line(tmp_path, capsys):
     line = capsys.readouterr().out
     assert line.count("\n") == 1 and json.loads(line)["prompt"] == "今天"
     assert json.loads((tmp_path / "o.jsonl").read_text()) == {"system": "s", "reward": 1.5, "prompt": "今天"}
+
+
+def test_gpu_check_runs_in_cpu_mode_and_writes_every_number(tmp_path):
+    """bench/gpu_check.py is run on a GPU rarely: its CPU mode on tiny shapes keeps it from rotting."""
+    out = tmp_path / "check.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--tiny", "--steps", "1", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and set(report["shapes"]) == {"gpt2-tiny", "llama-tiny"}
+    for shape in report["shapes"].values():
+        for key in ("hf_generation_tokens_per_s", "update_tokens_per_s", "update_mfu", "peak_memory_gb"):
+            assert shape[key] > 0, key
+        assert shape["prompts"] * shape["new_tokens"] == 8 * 16
