@@ -187,6 +187,13 @@ def token_rewards(
     return rewards, non_score
 
 
+def soft_overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): 0 up to ``max_len - buffer`` tokens,
+    then falling linearly to ``-penalty`` at ``max_len``. lengths ``(B,)`` -> ``(B,)`` added to the scores."""
+    over = (lengths.to(torch.float32) - (max_len - buffer)).clamp_min(0)
+    return -penalty * (over / buffer).clamp_max(1)
+
+
 class AdaptiveKLController:
     """Ziegler et al. 2019, section 2.2: ``beta <- beta * (1 + clip(KL/target - 1, ±0.2) * n / horizon)``."""
 

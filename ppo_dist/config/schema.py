@@ -150,6 +150,25 @@ class RolloutConfig:
     n_samples_per_prompt: int = doc_field(
         1, "responses sampled per prompt; a prompt's responses form a group (grpo, rloo, ...)"
     )
+    dynamic_sampling: bool = doc_field(
+        False,
+        "sample further batches of prompts until rollout.batch_size groups have rewards that are not all equal "
+        "(tied groups carry no gradient; DAPO)",
+    )
+    max_sampling_rounds: int = doc_field(
+        3, "dynamic sampling: batches sampled per step at most; then the step trains on the groups it has"
+    )
+    mask_truncated: bool = doc_field(
+        False,
+        "responses cut at max_new_tokens without EOS leave the loss (their rewards still count in group "
+        "baselines and statistics; DAPO's overlong filtering)",
+    )
+    policy_mode: str = doc_field(
+        "eval",
+        "the policy's mode while sampling: eval (dropout off) | train (dropout active, as TRL samples); "
+        "the hf engine only",
+        choices=lambda: ("eval", "train"),
+    )
     engine_correction: str = doc_field(
         "none",
         "correct for the engine's own copy of the policy (vllm): none | tis (truncated importance weights) | mis "
@@ -286,6 +305,12 @@ class RewardConfig:
     scale: float = doc_field(1.0, "scores are multiplied by this (after the EOS penalty)")
     normalize: bool = doc_field(False, "standardise scores with running mean/std over all processes and steps")
     clip: float | None = doc_field(None, "clip final scores to [-clip, clip]; empty = off")
+    overlong_buffer: int = doc_field(
+        0,
+        "DAPO soft overlong punishment: responses longer than rollout.max_new_tokens - overlong_buffer tokens lose "
+        "up to reward.overlong_penalty, linearly, all of it at max_new_tokens; 0 = off",
+    )
+    overlong_penalty: float = doc_field(1.0, "the largest overlong punishment (reward.overlong_buffer)")
 
     def validate(self) -> None:
         """Reward-section checks; ``validate(cfg)`` calls this."""
@@ -365,6 +390,17 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = doc_field(0, "evaluate every N PPO steps and after the last; 0 = never")
+    prompts: list | str = doc_field(
+        [], "evaluation prompts: an inline list, or a file / save_to_disk directory read like data.path"
+    )
+    n_samples: int = doc_field(1, "responses per evaluation prompt: pass@k is over these k")
+    do_sample: bool = doc_field(False, "sample the responses (rollout.temperature, top_k, top_p) or decode greedily")
+    pass_threshold: float = doc_field(1.0, "a response passes when its reward is >= this")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = doc_field(0, "save a resumable checkpoint every N PPO steps; 0 = only at the end")
     keep: int = doc_field(2, "keep the newest K checkpoints")
@@ -422,6 +458,7 @@ class Config:
     train: TrainConfig = section(TrainConfig, "run length, output, numerics guards")
     log: LogConfig = section(LogConfig, "trackers and logging cadence")
     checkpoint: CheckpointConfig = section(CheckpointConfig, "checkpoints and resume")
+    eval: EvalConfig = section(EvalConfig, "evaluation during training: reward and pass@k on held-out prompts")
     sft: SFTSection = section(SFTSection, "stage sft: supervised fine-tuning (TRL SFTTrainer)")
     rm: RMSection = section(RMSection, "stage rm: reward model on preference pairs (TRL RewardTrainer)")
     dpo: DPOSection = section(DPOSection, "stage dpo: direct preference optimisation (TRL DPOTrainer)")

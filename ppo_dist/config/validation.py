@@ -123,6 +123,23 @@ def validate(cfg: Config, world_size: int = 1):
     check(r.forward_tokens >= 0, f"rollout.forward_tokens must be >= 0, got {r.forward_tokens}")
     check(r.n_samples_per_prompt > 0, f"rollout.n_samples_per_prompt must be > 0, got {r.n_samples_per_prompt}")
     _validate_engine(r)
+    check(r.max_sampling_rounds > 0, f"rollout.max_sampling_rounds must be > 0, got {r.max_sampling_rounds}")
+    check(
+        not r.dynamic_sampling or r.n_samples_per_prompt >= 2,
+        "rollout.dynamic_sampling keeps groups whose rewards differ: it needs rollout.n_samples_per_prompt >= 2, "
+        f"got {r.n_samples_per_prompt}",
+    )
+    check(
+        r.policy_mode == "eval" or (r.engine == "hf" and not m.disable_dropout),
+        f"rollout.policy_mode=train samples with dropout active: it needs rollout.engine=hf (got {r.engine}) and "
+        f"model.disable_dropout=false (got {m.disable_dropout}), or nothing would change",
+    )
+    rw = cfg.reward
+    check(
+        0 <= rw.overlong_buffer < r.max_new_tokens,
+        f"reward.overlong_buffer must be in [0, rollout.max_new_tokens={r.max_new_tokens}), got {rw.overlong_buffer}",
+    )
+    check(rw.overlong_penalty > 0, f"reward.overlong_penalty must be > 0, got {rw.overlong_penalty}")
     estimator = algos.ADVANTAGE_ESTIMATORS[p.advantage_estimator]
     check(
         not estimator.needs_groups or r.n_samples_per_prompt >= 2,
@@ -159,5 +176,11 @@ def validate(cfg: Config, world_size: int = 1):
     check(t.max_bad_steps > 0, f"train.max_bad_steps must be > 0, got {t.max_bad_steps}")
     check(t.max_kl is None or t.max_kl > 0, f"train.max_kl must be > 0 or empty, got {t.max_kl}")
     check(lg.samples_every >= 0, f"log.samples_every must be >= 0, got {lg.samples_every}")
+    e = cfg.eval
+    check(
+        e.every >= 0 and e.n_samples > 0,
+        f"eval.every must be >= 0 and eval.n_samples > 0, got {e.every}, {e.n_samples}",
+    )
+    check(not e.every or bool(e.prompts), "eval.every is set but eval.prompts is empty: give prompts or a file")
     cfg.reward.validate()
     return plan_batches(cfg, world_size)

@@ -309,13 +309,22 @@ class PromptStream:
         return self._perm_cache[epoch]
 
     def global_indices(self, step: int) -> list[int]:
-        n, start = len(self), step * self.batch_size
-        return [int(self._perm(i // n)[i % n]) for i in range(start, start + self.batch_size)]
+        return self.indices_at(step * self.batch_size)
+
+    def indices_at(self, position: int) -> list[int]:
+        """Dataset rows of the ``batch_size`` prompts from ``position`` of the stream on."""
+        n = len(self)
+        return [int(self._perm(i // n)[i % n]) for i in range(position, position + self.batch_size)]
 
     def local_batch(self, step: int, rank: int, world_size: int, n_samples_per_prompt: int = 1) -> PromptBatch:
         """Process ``rank``'s samples of step ``step``: the step's prompts, each repeated
         ``n_samples_per_prompt`` times (a group), split into ``world_size`` contiguous parts."""
-        samples = [i for i in self.global_indices(step) for _ in range(n_samples_per_prompt)]
+        return self.local_batch_at(step * self.batch_size, rank, world_size, n_samples_per_prompt)
+
+    def local_batch_at(self, position: int, rank: int, world_size: int, n_samples_per_prompt: int = 1) -> PromptBatch:
+        """As :meth:`local_batch`, for the ``batch_size`` prompts from stream position ``position`` on
+        (dynamic sampling draws further prompts past a step's own)."""
+        samples = [i for i in self.indices_at(position) for _ in range(n_samples_per_prompt)]
         local = len(samples) // world_size
         idx = samples[rank * local : (rank + 1) * local]
         rows = self.dataset.select(idx)

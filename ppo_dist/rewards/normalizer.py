@@ -6,13 +6,15 @@ import math
 
 import torch
 
+from .. import algos
 from ..config import RewardConfig
 
 
 class RewardNormalizer:
     """Post-processing of the *global* (gathered over all processes) scores, in this order:
 
-    1. EOS penalty: ``score += no_eos_penalty`` where ``finished`` is False (response never produced EOS)
+    1. EOS penalty: ``score += no_eos_penalty`` where ``finished`` is False (response never produced EOS);
+       overlong:    ``score += algos.soft_overlong_penalty(length)`` with ``overlong_buffer`` (DAPO)
     2. scale:       ``score *= scale``
     3. normalise:   running stats updated with this batch's finite scores (Chan et al. parallel
                     merge, float64), then ``(score - mean) / max(std, std_floor)``; std is the
@@ -30,6 +32,7 @@ class RewardNormalizer:
         normalize: bool = False,
         clip: float | None = None,
         std_floor: float = 1e-6,
+        overlong: tuple[int, int, float] | None = None,
     ):
         self.no_eos_penalty, self.scale, self.normalize, self.clip, self.std_floor = (
             no_eos_penalty,
@@ -38,11 +41,13 @@ class RewardNormalizer:
             clip,
             std_floor,
         )
+        self.overlong = overlong  # (max_len, buffer, penalty) of the soft overlong punishment, or None
         self.count, self.mean, self.m2 = 0, 0.0, 0.0  # python floats are float64
 
     @classmethod
-    def from_config(cls, cfg: RewardConfig) -> RewardNormalizer:
-        return cls(cfg.no_eos_penalty, cfg.scale, cfg.normalize, cfg.clip)
+    def from_config(cls, cfg: RewardConfig, max_new_tokens: int = 0) -> RewardNormalizer:
+        overlong = (max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty) if cfg.overlong_buffer else None
+        return cls(cfg.no_eos_penalty, cfg.scale, cfg.normalize, cfg.clip, overlong=overlong)
 
     @property
     def var(self) -> float:
@@ -67,8 +72,11 @@ class RewardNormalizer:
         self.m2 += m2_b + delta**2 * self.count * n_b / n
         self.count = n
 
-    def __call__(self, scores: torch.Tensor, finished: torch.Tensor | None = None) -> torch.Tensor:
-        """``scores``: ``(B,)`` global scores; ``finished``: ``(B,)`` bool, True where the response has EOS."""
+    def __call__(
+        self, scores: torch.Tensor, finished: torch.Tensor | None = None, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``scores``: ``(B,)`` global scores; ``finished``: ``(B,)`` bool, True where the response has EOS;
+        ``lengths``: ``(B,)`` response tokens (for the overlong punishment)."""
         x = scores.detach().double()
         if self.no_eos_penalty is not None:
             if finished is None or finished.shape != scores.shape:
@@ -77,6 +85,10 @@ class RewardNormalizer:
                     f"{None if finished is None else tuple(finished.shape)}"
                 )
             x = x + self.no_eos_penalty * (~finished.to(device=x.device, dtype=torch.bool)).double()
+        if self.overlong is not None:
+            if lengths is None or lengths.shape != scores.shape:
+                raise ValueError(f"reward.overlong_buffer needs lengths of shape {tuple(scores.shape)}")
+            x = x + algos.soft_overlong_penalty(lengths.to(x.device), *self.overlong).double()
         x = x * self.scale
         if self.normalize:
             self.update(x)

@@ -33,7 +33,8 @@ from ..runtime import distributed
 from .batching import equal_counts, plan_micro_batches
 from .engines import RolloutEngine, Sampling, agreed
 from .roles import Policy, Reference
-from .rollout import Rollout, ends_with_eos
+from .rollout import Rollout, decode_responses, ends_with_eos
+from .sampling import GatheredRound, Sampled, choose_groups, local_share
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +51,29 @@ class Experience:
     values: torch.Tensor | None  # (B, T); None without a critic
     scores: torch.Tensor  # (B,) after post-processing (EOS penalty, scale, normalisation, clip); 0 where invalid
     raw_scores: torch.Tensor  # (B,) as the reward functions returned them; NaN where invalid
-    valid: torch.Tensor  # (B,) bool: samples that take part in the update
+    valid: torch.Tensor  # (B,) bool: samples with a reward: advantages, baselines and statistics use them
     finished: torch.Tensor  # (B,) bool: the response ended with EOS
     group: torch.Tensor  # (B,) long: samples of the same prompt share an id
     advantages: torch.Tensor  # (B, T)
     returns: torch.Tensor  # (B, T)
     non_score_rewards: torch.Tensor  # (B, T): the per-token KL penalty (0 when the KL is not in the reward)
     kl_coef: float  # the KL coefficient of this step (rewards and loss)
+    trained: torch.Tensor | None = None  # (B,) bool: samples in the loss (valid, less truncated ones with
+    # rollout.mask_truncated); None = the valid ones
     samples: dict = field(default_factory=dict)  # this process's prompts, completions and rewards (make only)
-    reward_means: dict[str, torch.Tensor] = field(default_factory=dict)  # global mean of each reward component
+    extra_stats: dict[str, torch.Tensor | float] = field(default_factory=dict)  # reward components, sampling
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def response_mask(self) -> torch.Tensor:
         """Valid response tokens of valid samples, ``(B, T)``."""
         return self.rollout.response_mask * self.valid.unsqueeze(1)
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """Response tokens that enter the loss, ``(B, T)``."""
+        trained = self.valid if self.trained is None else self.trained
+        return self.rollout.response_mask * trained.unsqueeze(1)
 
     def histograms(self) -> dict[str, torch.Tensor]:
         """TensorBoard histograms of the global batch."""
@@ -76,6 +85,22 @@ class Experience:
     def sample_table(self) -> dict[str, list]:
         """This process's samples as table columns (prompt, completion, reward)."""
         return {k: v.tolist() if isinstance(v, torch.Tensor) else list(v) for k, v in self.samples.items()}
+
+
+def score_agreed(accelerator, reward: Reward, step: int, prompts: list[str], completions: list[str], columns: dict):
+    """The reward's components of this process's samples; a failure on any process raises on all."""
+    error = components = None
+    try:
+        components = reward(prompts, completions, **columns)
+    except RewardError as e:
+        error = e
+        if "completion" not in str(e):
+            error = RewardError(f"{e} (first completion of the batch: {completions[0][:80]!r})")
+    failures = distributed.failures_everywhere(accelerator, error)
+    if failures is not None:  # every process raises the same, full message
+        failed = "; ".join(f"process {rank}: {m}" for rank, m in enumerate(failures) if m)
+        raise RewardError(f"reward failed at step {step} on {failed}") from error
+    return components
 
 
 class ExperienceMaker:
@@ -110,63 +135,100 @@ class ExperienceMaker:
         )
         kl_ctl = algos.AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl else None
         self.kl_ctl = kl_ctl or algos.FixedKLController(p.kl_coef)
-        self.normalizer = RewardNormalizer.from_config(cfg.reward)
+        self.normalizer = RewardNormalizer.from_config(cfg.reward, cfg.rollout.max_new_tokens)
         self.sampling = Sampling.from_config(cfg.rollout, tokenizer)
         self.skipped_samples = 0
+        self.prompt_position = 0  # prompts drawn by dynamic sampling (which runs past the steps' own slices)
 
     # ------------------------------------------------------------------ 1-3. prompts, rollout, reward
 
     def make(self, step: int) -> Experience:
-        """The experience of PPO step ``step`` (1-based): this process samples and scores its share."""
+        """The experience of PPO step ``step`` (1-based): this process samples and scores its share.
+
+        With ``rollout.dynamic_sampling`` the step samples further batches of prompts until
+        ``rollout.batch_size`` groups have rewards that differ (:mod:`.sampling`)."""
         if self.prompts is None or self.engine is None or self.reward is None:
             raise RuntimeError("make() needs the prompt stream, rollout engine and reward it was built without")
+        if self.cfg.rollout.dynamic_sampling:
+            sampled, stats = self._sample_informative(step)
+        else:
+            sampled, stats = self._sample(step, (step - 1) * self.plan.num_prompts), {}
+        experience = self.from_rollout(
+            sampled.rollout, sampled.components["score"], sampled.components.get("valid"), step=step,
+            trained=sampled.trained,
+        )  # fmt: skip
+        experience.timings = {**sampled.timings, **experience.timings}
+        experience.samples = {
+            "prompt": sampled.prompts,
+            "completion": sampled.completions,
+            "reward": sampled.components["score"],
+        }
+        experience.extra_stats = {**self._component_means(sampled.components), **stats}
+        return experience
+
+    def _sample(self, step: int, position: int, round_: int = 0) -> Sampled:
+        """This process's share of the ``rollout.batch_size`` prompts from stream ``position`` on:
+        sampled (seeded by step, process and round) and scored."""
         acc = self.accelerator
-        batch = self.prompts.local_batch(step - 1, acc.process_index, acc.num_processes, self.plan.n_samples_per_prompt)
+        batch = self.prompts.local_batch_at(
+            position, acc.process_index, acc.num_processes, self.plan.n_samples_per_prompt
+        )
         t0 = time.perf_counter()
-        seed = distributed.seed_for(self.cfg.train.seed, step - 1, acc.process_index)  # per step: exact resume
+        seed_parts = (self.cfg.train.seed, step - 1, acc.process_index) + ((round_,) if round_ else ())
         first = acc.process_index * len(batch.input_ids)  # global index of this process's first sample
         sample_seeds = tuple(
-            distributed.seed_for(self.cfg.train.seed, step - 1, -1, first + i) for i in range(len(batch.input_ids))
+            distributed.seed_for(self.cfg.train.seed, step - 1, -1 - round_, first + i)
+            for i in range(len(batch.input_ids))
         )
-        rollout = agreed(
-            acc,
-            self.engine.generate,
-            batch.input_ids,
-            self.sampling.with_seed(seed, step=step, sample_seeds=sample_seeds),
-        )
+        sampling = self.sampling.with_seed(distributed.seed_for(*seed_parts), step=step, sample_seeds=sample_seeds)
+        rollout = agreed(acc, self.engine.generate, batch.input_ids, sampling)
         timings = {"time/rollout": time.perf_counter() - t0}
         t0 = time.perf_counter()
         completions = self.decode(rollout)
         components = self._score(step, batch.texts, completions, batch.columns)
         timings["time/reward"] = time.perf_counter() - t0
-        experience = self.from_rollout(rollout, components["score"], components.get("valid"), step=step)
-        experience.timings = {**timings, **experience.timings}
-        experience.samples = {"prompt": batch.texts, "completion": completions, "reward": components["score"]}
-        experience.reward_means = self._component_means(components)
-        return experience
+        return Sampled(batch.texts, rollout, completions, components, timings)
+
+    def _sample_informative(self, step: int) -> tuple[Sampled, dict[str, float]]:
+        """Dynamic sampling (DAPO, Yu et al. 2025, sec. 3.2): whole batches of further prompts until
+        ``rollout.batch_size`` groups have rewards that are not all equal (a group whose rewards tie has
+        zero advantage, so no gradient), at most ``rollout.max_sampling_rounds`` batches. The groups are
+        chosen on the gathered rewards, identically on every process; when too few are found, the
+        batch is filled with tied groups that stay out of the loss, and a warning says so."""
+        acc, plan, r = self.accelerator, self.plan, self.cfg.rollout
+        rounds: list[GatheredRound] = []
+        for round_ in range(r.max_sampling_rounds):
+            position = self.prompt_position
+            sampled = self._sample(step, position, round_)
+            self.prompt_position += plan.num_prompts
+            pad = self.tokenizer.pad_token_id
+            rounds.append(GatheredRound.of(acc, sampled, self.prompts, position, plan.n_samples_per_prompt, pad))
+            if sum(int(g.informative.sum()) for g in rounds) >= plan.num_prompts:
+                break
+        chosen, informative = choose_groups(rounds, plan.num_prompts)
+        if informative < plan.num_prompts:
+            logger.warning(
+                "dynamic sampling at step %d: %d of %d groups have rewards that differ after %d rounds "
+                "(rollout.max_sampling_rounds); training on those, the other %d groups stay out of the loss",
+                step, informative, plan.num_prompts, len(rounds), plan.num_prompts - informative,
+            )  # fmt: skip
+        local = local_share(rounds, chosen, informative, acc.process_index, acc.num_processes, self.tokenizer)
+        local.timings = {k: sum(g.timings[k] for g in rounds) for k in rounds[0].timings}
+        stats = {
+            "rollout/sampling_rounds": float(len(rounds)),
+            "rollout/zero_std_groups": float(sum(int((~g.informative).sum()) for g in rounds)),
+            "rollout/informative_groups": float(informative),
+        }
+        return local, stats
 
     def decode(self, rollout: Rollout) -> list[str]:
-        """The completions' text: each response up to and including EOS, special tokens dropped."""
-        pad = self.tokenizer.pad_token_id
-        valid_tokens = rollout.responses * rollout.response_mask + (1 - rollout.response_mask) * pad
-        return self.tokenizer.batch_decode(valid_tokens, skip_special_tokens=True)
+        return decode_responses(self.tokenizer, rollout)
 
     def _score(self, step: int, prompts: list[str], completions: list[str], columns: dict) -> dict:
-        """The reward's components of this process's samples; a failure on any process raises on all."""
-        error = components = None
-        try:
-            components = self.reward(prompts, completions, **columns)
-        except RewardError as e:
-            error = e
-            if "completion" not in str(e):
-                error = RewardError(f"{e} (first completion of the batch: {completions[0][:80]!r})")
-        failures = distributed.failures_everywhere(self.accelerator, error)
-        if failures is not None:  # every process raises the same, full message
-            failed = "; ".join(f"process {rank}: {m}" for rank, m in enumerate(failures) if m)
-            raise RewardError(f"reward failed at step {step} on {failed}") from error
-        return components
+        return score_agreed(self.accelerator, self.reward, step, prompts, completions, columns)
 
     def _component_means(self, components: dict) -> dict[str, torch.Tensor]:
+        """``env/reward/<name>``: the global mean of each reward function's values (with several)."""
         names = [k for k in components if k not in ("score", "valid")]
         if len(names) < 2:  # one function: its value is the score
             return {}
@@ -179,12 +241,19 @@ class ExperienceMaker:
 
     @torch.no_grad()
     def from_rollout(
-        self, rollout: Rollout, scores: torch.Tensor, valid: torch.Tensor | None = None, *, step: int
+        self,
+        rollout: Rollout,
+        scores: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        *,
+        step: int,
+        trained: torch.Tensor | None = None,
     ) -> Experience:
         """Steps 4-6 on this process's ``rollout`` and ``scores`` ``(B_local,)``; ``valid`` marks the
-        samples that take part (``reward.on_invalid: skip_sample``: the others get an empty response mask)."""
+        samples that take part (``reward.on_invalid: skip_sample``: the others get an empty response
+        mask); ``trained`` (default: all) the samples that enter the loss."""
         t0 = time.perf_counter()
-        exp = self._gather_scored(rollout, scores, valid, step)
+        exp = self._gather_scored(rollout, scores, valid, step, trained)
         t1 = time.perf_counter()
         exp.advantages, exp.returns, exp.non_score_rewards = self._advantages(exp)
         exp.timings = {"time/logprobs": t1 - t0, "time/advantages": time.perf_counter() - t1}
@@ -196,7 +265,7 @@ class ExperienceMaker:
         micro = plan_micro_batches(q_len, r_len, max_samples=r.forward_batch_size, max_tokens=r.forward_tokens)
         return equal_counts(self.accelerator, micro)
 
-    def _gather_scored(self, rollout: Rollout, scores: torch.Tensor, valid: torch.Tensor | None, step: int):
+    def _gather_scored(self, rollout: Rollout, scores, valid, step: int, trained) -> Experience:
         """Logprob/value passes on this process's samples, then the global batch (advantages to come)."""
         acc = self.accelerator
         micro = self._micro_batches(rollout)
@@ -217,7 +286,8 @@ class ExperienceMaker:
         valid = distributed.gather_1d(acc, valid.to(acc.device))
         finished = ends_with_eos(rollout.responses, rollout.response_mask, self.tokenizer.eos_token_id)
         finished = distributed.gather_1d(acc, finished.to(acc.device))
-        processed = torch.where(valid, self.normalizer(raw, finished), torch.zeros_like(raw))
+        lengths = distributed.gather_1d(acc, rollout.response_mask.sum(1).to(acc.device))
+        processed = torch.where(valid, self.normalizer(raw, finished, lengths), torch.zeros_like(raw))
         self.skipped_samples += int((~valid).sum())
         gathered = Rollout(
             gather(rollout.queries, pad, True),
@@ -244,7 +314,16 @@ class ExperienceMaker:
             returns=empty,
             non_score_rewards=empty,
             kl_coef=self.kl_ctl.value,
+            trained=self._trained(valid, finished, trained),
         )
+
+    def _trained(self, valid: torch.Tensor, finished: torch.Tensor, trained: torch.Tensor | None):
+        """Samples of the global batch that enter the loss, or None when they are the valid ones."""
+        if trained is not None:
+            valid = valid & distributed.gather_1d(self.accelerator, trained.to(self.accelerator.device).bool())
+        if self.cfg.rollout.mask_truncated:
+            return valid & finished
+        return valid if trained is not None else None
 
     def kl(self, exp: Experience) -> torch.Tensor | None:
         """Per-token KL of the sampling policy to the reference (``ppo.kl_estimator``), 0 on padding."""
@@ -302,7 +381,7 @@ class ExperienceMaker:
             "tokens/queries_len_mean": q_len.mean(),
             "tokens/responses_len_mean": r_len.mean(),
             "tokens/responses_finished_frac": exp.finished.float().mean(),
-            **exp.reward_means,
+            **exp.extra_stats,
         }
         kl = self.kl(exp)
         if kl is not None:
@@ -320,6 +399,8 @@ class ExperienceMaker:
             values["env/zero_std_group_frac"] = (std[groups] == 0).float().mean() if groups.any() else zero_
         if exp.rollout.engine_logprobs is not None:
             values.update(self._engine_statistics(exp, mask))
+        if self.cfg.rollout.mask_truncated:
+            values["rollout/truncated_masked_frac"] = (exp.valid & ~exp.finished).float().mean()
         if self.reference is not None:
             values["objective/kl_coef"] = exp.kl_coef
         values["env/skipped_samples"] = float(self.skipped_samples)
@@ -359,9 +440,11 @@ class ExperienceMaker:
             "kl_ctl": self.kl_ctl.state_dict(),
             "normalizer": self.normalizer.state_dict(),
             "skipped_samples": self.skipped_samples,
+            "prompt_position": self.prompt_position,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.normalizer.load_state_dict(state["normalizer"])
         self.skipped_samples = int(state["skipped_samples"])
+        self.prompt_position = int(state.get("prompt_position", 0))  # checkpoints from before dynamic sampling

@@ -45,6 +45,13 @@ def truncate_at_eos(responses: torch.Tensor, eos_token_id: int, pad_id: int) -> 
     return responses.masked_fill(after_eos, pad_id), mask
 
 
+def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
+    """The completions' text: each response up to and including EOS, special tokens dropped."""
+    pad = tokenizer.pad_token_id
+    valid_tokens = rollout.responses * rollout.response_mask + (1 - rollout.response_mask) * pad
+    return tokenizer.batch_decode(valid_tokens, skip_special_tokens=True)
+
+
 def ends_with_eos(responses: torch.Tensor, response_mask: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """(B,) bool: the last valid token of each right-padded response is EOS (the response ended
     within max_new_tokens). With pad == EOS the mask alone cannot tell that from running out."""

@@ -21,6 +21,7 @@ from ..rewards import Reward, build_reward
 from ..runtime import distributed, tracking, zero
 from ..runtime.checkpoint import CheckpointManager, check_writable
 from ..runtime.guards import KLGuard, NumericsGuard, Preempted, StopSignals
+from .evaluation import Evaluator
 from .learner import build_learner
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class Trainer:
         )
         reward.to(acc.device)
         self.learner = build_learner(cfg, acc, self.tokenizer, plan, prompts=prompts, reward=reward)
+        engine = self.learner.experience.engine
+        self.evaluator = Evaluator(cfg, acc, engine, reward, self.tokenizer) if cfg.eval.every else None
         root = Path(cfg.train.output_dir) / "checkpoints"
         self.checkpoints = CheckpointManager(acc, root, cfg.checkpoint.keep, cfg.checkpoint.every)
         acc.register_for_checkpointing(self)  # the learner's state (step, KL controller, ...) travels with save_state
@@ -85,9 +88,11 @@ class Trainer:
             skipped_before = learner.update.skipped_updates
             # 1-6. experience: prompts -> rollout -> reward -> logprobs / values / reference -> advantages
             experience = learner.experience.make(step)
-            # 7. update: PPO epochs over the global batch, then the step's statistics
+            # 7. update: PPO epochs over the global batch, then the step's statistics (and an evaluation when due)
             stats = learner.learn(experience)
             stats["time/optimize"] = stats["time/logprobs"] + stats["time/advantages"] + stats["time/update"]
+            if self.evaluator is not None and self.evaluator.due(step):  # on the updated policy
+                stats.update(self.evaluator.run(step))
             stats["time/step"] = time.perf_counter() - t_step
             stop, stats["memory/peak_gb"] = self._step_flags()
             stats.update(tracking.throughput(stats, self.plan.batch_size))

@@ -61,7 +61,7 @@ class PPOUpdate:
         acc, p, plan = self.accelerator, self.cfg.ppo, self.plan
         rank = acc.process_index
         shortcut = exp.logprobs is None  # on-policy shortcut: the first forward gives the old logprobs
-        mask = exp.response_mask
+        mask = exp.loss_mask
         sums: dict[str, torch.Tensor] = {}  # token-weighted means (weights sum to 1 per mini-batch)
         extremes: dict[str, torch.Tensor] = {}  # "*_max" as is, "*_min" negated: reduced by max
         fresh_logprobs: dict[int, torch.Tensor] = {}
@@ -126,7 +126,7 @@ class PPOUpdate:
             with acc.autocast():
                 out = self.policy.score(part, entropy="grad" if p.entropy_coef else "metric", with_values=critic)
             T = out.logprobs.shape[1]
-            mask = exp.response_mask[idx, :T]
+            mask = exp.loss_mask[idx, :T]
             weights = algos.loss_weights(p.loss_agg, mask, counts)
             old_logprobs = out.logprobs.detach() if shortcut else exp.logprobs[idx, :T]
             is_weights = None

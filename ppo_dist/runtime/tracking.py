@@ -184,6 +184,7 @@ def update_progress(progress, stats: dict[str, float]) -> None:
     postfix = {"reward": f"{stats['env/reward_mean']:.3f}", "tok_s": f"{stats['throughput/tokens_per_s']:.0f}"}
     if "objective/kl" in stats:
         postfix["kl"] = f"{stats['objective/kl']:.3f}"
+    postfix.update({k.split("/", 1)[1]: f"{v:.3f}" for k, v in stats.items() if k.startswith("eval/")})
     progress.set_postfix(**postfix)
 
 

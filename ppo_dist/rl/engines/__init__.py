@@ -45,6 +45,7 @@ class Sampling:
     # same responses on any number of processes. Empty: engines derive them from ``seed``.
     sample_seeds: tuple[int, ...] = ()
     chunk_size: int = 0  # prompts per generate call; 0 = all
+    policy_mode: str = "eval"  # train: dropout active while sampling (engines that run the policy itself)
 
     @classmethod
     def from_config(cls, cfg: RolloutConfig, tokenizer) -> Sampling:
@@ -58,6 +59,7 @@ class Sampling:
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             chunk_size=cfg.generation_batch_size,
+            policy_mode=cfg.policy_mode,
         )
 
     def with_seed(self, seed: int, **changes) -> Sampling:

@@ -67,7 +67,7 @@ class HFEngine:
         acc = self.accelerator
         torch.manual_seed(sampling.seed)
         with zero.gathered_for_generation(acc, self.policy.model, self.gather) as model, acc.autocast():
-            model.eval()
+            model.train(sampling.policy_mode == "train")  # rollout.policy_mode: dropout active while sampling
             return generate(model, prompt_ids, self.tokenizer, generation_config(sampling), sampling.chunk_size)
 
     def sync_weights(self, policy: Policy, step: int | None = None) -> float | None:
