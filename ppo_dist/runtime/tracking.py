@@ -184,7 +184,9 @@ def update_progress(progress, stats: dict[str, float]) -> None:
     postfix = {"reward": f"{stats['env/reward_mean']:.3f}", "tok_s": f"{stats['throughput/tokens_per_s']:.0f}"}
     if "objective/kl" in stats:
         postfix["kl"] = f"{stats['objective/kl']:.3f}"
-    postfix.update({k.split("/", 1)[1]: f"{v:.3f}" for k, v in stats.items() if k.startswith("eval/")})
+    if "eval/reward_mean" in stats:  # the steps that evaluated
+        postfix["eval_reward"] = f"{stats['eval/reward_mean']:.3f}"
+        postfix.update({k[5:]: f"{v:.3f}" for k, v in stats.items() if k.startswith("eval/pass@")})
     progress.set_postfix(**postfix)
 
 
