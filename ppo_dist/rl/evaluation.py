@@ -28,13 +28,8 @@ class Evaluator:
     """Owns the evaluation prompts and its cadence; see the module doc."""
 
     def __init__(self, cfg: Config, accelerator, engine: RolloutEngine, reward: Reward, tokenizer):
-        self.cfg, self.accelerator, self.engine, self.reward, self.tokenizer = (
-            cfg,
-            accelerator,
-            engine,
-            reward,
-            tokenizer,
-        )
+        self.cfg, self.accelerator, self.engine = cfg, accelerator, engine
+        self.reward, self.tokenizer = reward, tokenizer
         e, d = cfg.eval, cfg.data
         source = DataConfig(prompt_column=d.prompt_column)
         if isinstance(e.prompts, str):
