@@ -544,20 +544,36 @@ class LossTerms:
         return self.cliprange if self.cliprange_high is None else self.cliprange_high
 
 
-def _ratio_metrics(
-    ratio: torch.Tensor, log_ratio: torch.Tensor, clamped: torch.Tensor, w: torch.Tensor, mask: torch.Tensor
+def _clipped(ratio: torch.Tensor, advantages: torch.Tensor, low: float, high: float):
+    """PPO's clipped surrogate per token, ``max(-A r, -A clip(r, 1 - low, 1 + high))``, and where the clip acts."""
+    pg_losses = -advantages * ratio
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - low, 1.0 + high)
+    return torch.maximum(pg_losses, pg_losses_clipped), pg_losses_clipped > pg_losses
+
+
+def _clip_metrics(
+    clipped: torch.Tensor, ratio: torch.Tensor, log_ratio: torch.Tensor, w: torch.Tensor, mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Statistics every surrogate reports: KL estimates of the update, the ratio's mean, min and max."""
+    """Statistics every surrogate reports: clip fractions (all, below 1, above 1), KL estimates of the
+    update, the ratio's mean, min and max over valid tokens, and the share of clamped log-ratios."""
     valid = mask > 0
     big = torch.finfo(ratio.dtype).max
+    one = ratio.new_ones(())
     return {
+        "policy/clipfrac": (clipped.float() * w).sum(),
+        "policy/clipfrac_low": ((clipped & (ratio < 1.0)).float() * w).sum(),
+        "policy/clipfrac_high": ((clipped & (ratio > 1.0)).float() * w).sum(),
         "policy/approxkl": (0.5 * log_ratio**2 * w).sum(),
         "policy/policykl": (-log_ratio * w).sum(),
         "policy/ratio": (ratio * w).sum(),
-        "policy/ratio_min": torch.where(valid, ratio, big).min() if valid.any() else ratio.new_ones(()),
-        "policy/ratio_max": torch.where(valid, ratio, -big).max() if valid.any() else ratio.new_ones(()),
-        "policy/log_ratio_clamped": (clamped.float() * w).sum(),
+        "policy/ratio_min": torch.where(valid, ratio, big).min() if valid.any() else one,
+        "policy/ratio_max": torch.where(valid, ratio, -big).max() if valid.any() else one,
+        "policy/log_ratio_clamped": ((log_ratio.abs() > LOG_RATIO_CLAMP).float() * w).sum(),
     }
+
+
+def _clamped_exp(log_ratio: torch.Tensor) -> torch.Tensor:
+    return torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
 def policy_loss(
@@ -581,27 +597,17 @@ def policy_loss(
     """
     high = cliprange if cliprange_high is None else cliprange_high
     log_ratio = logprobs - old_logprobs
-    clamped = log_ratio.detach().abs() > LOG_RATIO_CLAMP
-    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    pg_losses = -advantages * ratio
-    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + high)
-    losses = torch.maximum(pg_losses, pg_losses_clipped)
+    ratio = _clamped_exp(log_ratio)
+    clipped_losses, clipped = _clipped(ratio, advantages, cliprange, high)
+    losses = clipped_losses
     if dual_clip is not None:
         losses = torch.where(advantages < 0, torch.minimum(losses, -dual_clip * advantages), losses)
     loss = (losses * weights).sum()
     w = weights if metric_weights is None else metric_weights
     with torch.no_grad():
-        clipped = pg_losses_clipped > pg_losses
-        metrics = {
-            "policy/clipfrac": (clipped.float() * w).sum(),
-            "policy/clipfrac_low": ((clipped & (ratio < 1.0)).float() * w).sum(),
-            "policy/clipfrac_high": ((clipped & (ratio > 1.0)).float() * w).sum(),
-            **_ratio_metrics(ratio, log_ratio, clamped, w, weights),
-        }
+        metrics = _clip_metrics(clipped, ratio, log_ratio.detach(), w, weights)
         if dual_clip is not None:
-            metrics["policy/dual_clipfrac"] = (
-                ((advantages < 0) & (losses < torch.maximum(pg_losses, pg_losses_clipped))).float() * w
-            ).sum()
+            metrics["policy/dual_clipfrac"] = ((losses < clipped_losses).float() * w).sum()
     return loss, metrics
 
 
@@ -646,20 +652,11 @@ def _gspo_policy_loss(logprobs, old_logprobs, advantages, weights, terms: LossTe
     log_ratio = logprobs - old_logprobs
     seq_log_ratio = (log_ratio * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp_min(1)
     token_log_ratio = logprobs - logprobs.detach() + seq_log_ratio.detach()
-    clamped = token_log_ratio.detach().abs() > LOG_RATIO_CLAMP
-    ratio = torch.exp(token_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    pg_losses = -advantages * ratio
-    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - terms.clip_low, 1.0 + terms.clip_high)
-    loss = (torch.maximum(pg_losses, pg_losses_clipped) * weights).sum()
+    ratio = _clamped_exp(token_log_ratio)
+    losses, clipped = _clipped(ratio, advantages, terms.clip_low, terms.clip_high)
     with torch.no_grad():
-        clipped = pg_losses_clipped > pg_losses
-        metrics = {
-            "policy/clipfrac": (clipped.float() * metric_weights).sum(),
-            "policy/clipfrac_low": ((clipped & (ratio < 1.0)).float() * metric_weights).sum(),
-            "policy/clipfrac_high": ((clipped & (ratio > 1.0)).float() * metric_weights).sum(),
-            **_ratio_metrics(ratio, log_ratio, clamped, metric_weights, mask),
-        }
-    return loss, metrics
+        metrics = _clip_metrics(clipped, ratio, token_log_ratio.detach(), metric_weights, mask)
+    return (losses * weights).sum(), metrics
 
 
 @register_policy_loss("cispo")
@@ -667,18 +664,12 @@ def _cispo_policy_loss(logprobs, old_logprobs, advantages, weights, terms: LossT
     """CISPO (MiniMax-M1, Chen et al. 2025, eq. 4): ``-sg[clip(r, 1 - cliprange, 1 + cliprange_high)] * A
     * log pi``. The importance weight is clipped and its gradient stopped, so every token keeps the
     gradient of its logprob (PPO's clip drops clipped tokens' gradients entirely)."""
-    log_ratio = logprobs - old_logprobs
-    clamped = log_ratio.detach().abs() > LOG_RATIO_CLAMP
-    ratio = torch.exp(log_ratio.detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    log_ratio = (logprobs - old_logprobs).detach()
+    ratio = _clamped_exp(log_ratio)
     is_weight = torch.clamp(ratio, 1.0 - terms.clip_low, 1.0 + terms.clip_high)
     loss = (-advantages * is_weight * logprobs * weights).sum()
     with torch.no_grad():
-        metrics = {
-            "policy/clipfrac": ((is_weight != ratio).float() * metric_weights).sum(),
-            "policy/clipfrac_low": ((ratio < 1.0 - terms.clip_low).float() * metric_weights).sum(),
-            "policy/clipfrac_high": ((ratio > 1.0 + terms.clip_high).float() * metric_weights).sum(),
-            **_ratio_metrics(ratio, log_ratio, clamped, metric_weights, mask),
-        }
+        metrics = _clip_metrics(is_weight != ratio, ratio, log_ratio, metric_weights, mask)
     return loss, metrics
 
 

@@ -203,12 +203,8 @@ class PPOConfig:
     shuffle: bool = doc_field(True, "reshuffle mini-batches every PPO epoch (seeded, identical on all processes)")
     cliprange: float = doc_field(0.2, "policy ratio clip epsilon")
     cliprange_low: float | None = doc_field(None, "lower clip: ratio >= 1 - cliprange_low; empty = ppo.cliprange")
-    cliprange_high: float | None = doc_field(
-        None, "upper clip: ratio <= 1 + cliprange_high (DAPO clip-higher: 0.28); empty = ppo.cliprange"
-    )
-    dual_clip: float | None = doc_field(
-        None, "dual-clip PPO constant c > 1: a negative advantage's loss is at most -c*A (Ye et al. 2020); empty = off"
-    )
+    cliprange_high: float | None = doc_field(None, "upper clip (DAPO clip-higher: 0.28); empty = ppo.cliprange")
+    dual_clip: float | None = doc_field(None, "dual-clip c > 1: a loss with A < 0 is at most -c*A (Ye et al. 2020)")
     policy_loss: str = doc_field(
         "ppo",
         "policy surrogate: ppo (clipped token ratio) | gspo (clipped sequence ratio) | cispo (clipped, stopped weight)",

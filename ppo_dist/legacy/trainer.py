@@ -106,18 +106,9 @@ class PPOTrainer:
     the same wiring ``train.py`` uses; this class only translates the legacy API.
     """
 
-    def __init__(
-        self,
-        config: PPOConfig,
-        model=None,
-        ref_model=None,
-        tokenizer=None,
-        dataset=None,
-        optimizer=None,
-        data_collator=None,
-        num_shared_layers=None,
-        lr_scheduler=None,
-    ):
+    # trl 0.11.4's signature, argument for argument
+    def __init__(self, config: PPOConfig, model=None, ref_model=None, tokenizer=None, dataset=None, optimizer=None,
+                 data_collator=None, num_shared_layers=None, lr_scheduler=None):  # fmt: skip
         if not isinstance(config, PPOConfig):
             raise TypeError(f"config must be a ppo_dist.PPOConfig, got {type(config).__name__}")
         if tokenizer is None:
