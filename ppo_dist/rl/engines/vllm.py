@@ -38,7 +38,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ...config import Config
+from ...config import VLLM_CPU_HEAD_SIZES, Config
 from ...models import is_peft_model
 from ...runtime import zero
 from ..roles import Policy
@@ -49,9 +49,8 @@ logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _LAYER = re.compile(r"\.(\d+)\.")  # a transformer block's index in a parameter name
-# Tokens the scheduler may take per step. On CPU a prefill split over steps breaks seeded sampling
-# ("CPU Generator does not use offset"), so prompts go in groups whose prefill fits one step.
-_BATCHED_TOKENS = 8192
+# The environment an accelerate launch sets, which starting vLLM may overwrite (LOCAL_WORLD_SIZE=1).
+_LAUNCH_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class VLLMEngine:
@@ -69,6 +68,8 @@ class VLLMEngine:
             import vllm
 
         self.version = vllm.__version__
+        if not self.on_gpu:
+            self._check_cpu_head_size(policy)
         self._model_dir = tempfile.mkdtemp(prefix=f"ppo_dist_vllm_{self.rank}_")
         self._save_architecture(policy)
         max_len = cfg.data.max_prompt_length + r.max_new_tokens
@@ -80,7 +81,6 @@ class VLLMEngine:
             dtype=_DTYPES[cfg.model.dtype],
             seed=cfg.train.seed,
             max_model_len=max_len,
-            max_num_batched_tokens=max(_BATCHED_TOKENS, max_len),
             gpu_memory_utilization=r.vllm_gpu_memory_utilization,
             enable_prefix_caching=True,
             enable_sleep_mode=self.sleep_enabled,
@@ -88,12 +88,27 @@ class VLLMEngine:
         )
         if kv_gb is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
+        if not self.on_gpu:
+            # On CPU a prompt prefilled over several scheduler steps breaks seeded sampling ("CPU Generator
+            # does not use offset"): every prompt is prefilled in one step.
+            kwargs["enable_chunked_prefill"] = False
         if accelerator.num_processes > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"  # one engine per launched process
-        with self._bounded("engine start", None), _rng_kept():
+        with self._bounded("engine start", None), _rng_kept(), _launch_env_kept():
             self.llm = vllm.LLM(**kwargs)
         self._sampling_params = vllm.SamplingParams
         self.sync_weights(policy)
+
+    def _check_cpu_head_size(self, policy: Policy) -> None:
+        """vLLM's CPU attention runs a few head sizes only; say so now rather than at the first forward."""
+        c = policy.unwrapped.config
+        heads = getattr(c, "num_attention_heads", None) or getattr(c, "n_head", None)
+        head = getattr(c, "head_dim", None) or (getattr(c, "hidden_size", None) or c.n_embd) // heads
+        if head not in VLLM_CPU_HEAD_SIZES:
+            raise RolloutEngineError(
+                f"vllm {self.version} (process {self.rank}): the CPU attention supports head sizes "
+                f"{', '.join(map(str, VLLM_CPU_HEAD_SIZES))}; this model's is {head}"
+            )
 
     def _save_architecture(self, policy: Policy) -> None:
         """``config.json`` of the policy's LM (weights come from the policy), naming its class: a config
@@ -110,10 +125,8 @@ class VLLMEngine:
         seeds = sampling.sample_seeds or tuple(sampling.seed + i for i in range(len(prompt_ids)))
         params = [self._params(sampling, seed) for seed in seeds]
         prompts = [{"prompt_token_ids": ids.tolist()} for ids in prompt_ids]
-        outputs = []
         with self._bounded("generate", sampling.step):
-            for group in self._groups(prompts):
-                outputs += self.llm.generate([prompts[i] for i in group], [params[i] for i in group], use_tqdm=False)
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
         if self.sleep_enabled:
             with self._bounded("sleep", sampling.step):
                 self.llm.sleep(level=1)
@@ -151,23 +164,6 @@ class VLLMEngine:
             logprobs=0,  # the sampled token's logprob (of the raw distribution, as the trainer computes it)
             detokenize=False,
         )
-
-    def _groups(self, prompts: list[dict]) -> list[list[int]]:
-        """Indices of prompts whose prefills fit one scheduler step together (on CPU; one group on GPU)."""
-        if self.on_gpu:
-            return [list(range(len(prompts)))]
-        budget = self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
-        max_seqs = self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
-        groups: list[list[int]] = [[]]
-        used = 0
-        for i, p in enumerate(prompts):
-            n = len(p["prompt_token_ids"]) + 1  # + the first decode token of every running sequence
-            if groups[-1] and (used + n > budget or len(groups[-1]) >= max_seqs):
-                groups.append([])
-                used = 0
-            groups[-1].append(i)
-            used += n
-        return groups
 
     # ------------------------------------------------------------------ weights
 
@@ -218,9 +214,8 @@ class VLLMEngine:
             timer.cancel()
 
     def close(self) -> None:
-        llm = getattr(self, "llm", None)
-        if llm is not None:
-            del self.llm
+        """Remove the engine's config directory. The engine itself lives until the process exits: shutting
+        it down destroys torch.distributed's default group, which the trainer's collectives still use."""
         shutil.rmtree(self._model_dir, ignore_errors=True)
 
 
@@ -266,6 +261,20 @@ def _hf_named(lm, named: list[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, 
 
 def _strip_peft(name: str) -> str:
     return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+@contextlib.contextmanager
+def _launch_env_kept():
+    """Starting vLLM rewrites some of the launcher's variables (LOCAL_WORLD_SIZE=1): put them back."""
+    saved = {k: os.environ.get(k) for k in _LAUNCH_ENV}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
