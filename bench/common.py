@@ -40,6 +40,8 @@ SHAPES: dict[str, dict] = {
     "3m": dict(_COMMON, n_layer=4, n_embd=256, n_head=4, n_positions=256),
     "124m": dict(_COMMON, n_layer=12, n_embd=768, n_head=12, n_positions=1024),
 }
+# The 3m body with dropout 0, as modern LLMs ship (the GRPO race, bench/grpo_race.py).
+SHAPES["3m-nodrop"] = dict(SHAPES["3m"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
 # ---------------------------------------------------------------------------------------------
 # Run settings (the legacy notebook's, made explicit). Every bench reads them from here.

@@ -61,6 +61,19 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--disable-dropout", action="store_true", help="GRPOConfig(disable_dropout=True); TRL's default keeps dropout"
     )
+    ap.add_argument(
+        "--task",
+        choices=["notebook", "digits", "brief", "latin"],
+        default="notebook",
+        help="prompts and reward: the notebook's (common.py) or a race task (race_tasks.py)",
+    )
+    ap.add_argument("--max-new-tokens", type=int, default=S["max_new_tokens"])
+    ap.add_argument(
+        "--mini-batch-size",
+        type=int,
+        default=S["mini_batch_size"],
+        help="completions per optimiser step; 8 = one optimiser step per generation batch",
+    )
     ap.add_argument("--out", help="append the summary JSON line to this file")
     ap.add_argument("--steps-out", help="append the per-rollout-step JSON lines to this file")
     return ap.parse_args()
@@ -81,7 +94,14 @@ def main() -> None:
     system = SYSTEM + ("-no-dropout" if args.disable_dropout else "")
     model_dir = common.ensure_model_dir(args.shape, args.model_dir, seed=S["seed"])
     tokenizer = common.load_tokenizer(model_dir)
-    mini = S["mini_batch_size"]
+    mini = args.mini_batch_size
+    if args.task == "notebook":
+        prompts, score = list(common.PROMPTS), common.rule_reward
+    else:
+        import race_tasks
+
+        prompts, task_reward = list(race_tasks.PROMPTS), race_tasks.REWARDS[args.task]
+        score = lambda texts: task_reward([], texts)  # noqa: E731
     steps_per_generation = S["batch_size"] // mini
     opt_steps_per_rollout = steps_per_generation * args.num_iterations
 
@@ -91,7 +111,7 @@ def main() -> None:
 
     def reward_fn(prompts, completions, **_):
         with common.Timer() as t:
-            r = common.rule_reward(completions)
+            r = score(completions)
         rollouts[-1].update(reward_s=t.s, reward_mean=sum(r) / len(r), n_completions=len(r), sample=completions[0][:40])
         return r
 
@@ -112,7 +132,7 @@ def main() -> None:
         steps_per_generation=steps_per_generation,
         num_generations=args.num_generations,
         num_iterations=args.num_iterations,
-        max_completion_length=S["max_new_tokens"],
+        max_completion_length=args.max_new_tokens,
         temperature=S["temperature"],
         top_k=S["top_k"],
         top_p=S["top_p"],
@@ -130,7 +150,7 @@ def main() -> None:
         dataloader_pin_memory=False,
         disable_tqdm=True,
     )
-    dataset = Dataset.from_dict({"prompt": list(common.PROMPTS)})
+    dataset = Dataset.from_dict({"prompt": prompts})
     trainer = GRPOTrainer(
         model=str(model_dir),
         reward_funcs=reward_fn,
@@ -173,6 +193,10 @@ def main() -> None:
                 state["stop"] = True
                 control.should_training_stop = True
             return control
+
+        def on_log(self, targs, tstate, control, logs=None, **kw):
+            if rollouts and logs and "kl" in logs:
+                rollouts[-1]["kl_token"] = logs["kl"]
 
     trainer.add_callback(StopAtTarget())
     t_train = time.perf_counter()
@@ -231,7 +255,10 @@ def main() -> None:
         "learning_rate": args.learning_rate,
         "loss_type": config.loss_type,
         "scale_rewards": config.scale_rewards,
-        "max_new_tokens": S["max_new_tokens"],
+        "max_new_tokens": args.max_new_tokens,
+        "task": args.task,
+        # TRL logs the mean per-token k3 KL to the reference when beta > 0 (no reference model otherwise).
+        "kl_token_at_target": rollouts[reached[0] - 1].get("kl_token") if reached else None,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "trl": trl.__version__,

@@ -118,11 +118,25 @@ def _find_cjk_font_cached() -> str | None:
                 return e.name
         return None
 
-    for family in PREFERRED_CJK_FAMILIES:
-        found = covered(lambda n, f=family: n == f) or covered(lambda n, f=family: n.startswith(f))
-        if found:
-            return found
-    return covered(lambda n: any(h in n.lower() for h in _CJK_NAME_HINTS))
+    def search() -> str | None:
+        for family in PREFERRED_CJK_FAMILIES:
+            found = covered(lambda n, f=family: n == f) or covered(lambda n, f=family: n.startswith(f))
+            if found:
+                return found
+        return covered(lambda n: any(h in n.lower() for h in _CJK_NAME_HINTS))
+
+    found = search()
+    if found is None:  # fonts installed after matplotlib cached its font list: add the ones it has not seen
+        known = {e.fname for e in entries}
+        for path in font_manager.findSystemFonts():
+            if path not in known:
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError):
+                    continue
+        entries = font_manager.fontManager.ttflist
+        found = search()
+    return found
 
 
 def find_cjk_font() -> str | None:

@@ -19,7 +19,7 @@ ACCEL_CONFIG="${ACCEL_CONFIG:-}"           # accelerate_configs/<mode>.yaml (ddp
                                            # empty = plain flags: --multi_gpu for more than 1 process
 RUN_CONFIG="${RUN_CONFIG:-configs/default.yaml}"  # train.py --config; empty = built-in defaults
 MAX_RESTARTS="${MAX_RESTARTS:-0}"          # relaunches after a SIGUSR1 stop; 0 = stop and exit 75
-ACCELERATE="${ACCELERATE:-accelerate}"     # accelerate executable, e.g. /path/to/venv/bin/accelerate
+PYTHON="${PYTHON:-python3}"                # python of the environment (accelerate runs as "$PYTHON -m accelerate...")
 TRAIN_SCRIPT="${TRAIN_SCRIPT:-train.py}"
 # Set ACCELERATE_USE_CPU=true to train on CPU processes (gloo) on a machine without GPUs.
 # --------------------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ trap 'stop_training INT' INT
 
 RESTARTS=0
 while true; do
-    setsid "$ACCELERATE" launch "${LAUNCH_ARGS[@]}" "$TRAIN_SCRIPT" "${TRAIN_ARGS[@]}" "$@" &
+    setsid "$PYTHON" -m accelerate.commands.launch "${LAUNCH_ARGS[@]}" "$TRAIN_SCRIPT" "${TRAIN_ARGS[@]}" "$@" &
     TRAIN_PID=$!
     while kill -0 "$TRAIN_PID" 2>/dev/null; do wait "$TRAIN_PID"; done   # wait returns early on a trap
     wait "$TRAIN_PID"

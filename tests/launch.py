@@ -34,6 +34,7 @@ TINY_ARGS = [
 def cpu_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+    env["PYTHON"] = sys.executable  # the slurm/ scripts run accelerate with it, not from PATH
     env.update(extra)
     return env
 

@@ -27,7 +27,7 @@ from ppo_dist.core import LengthSampler, respond_to_batch
 from ppo_dist.models import ModelLoadError, build_tiny_gpt2, disable_dropout, load_tokenizer
 
 from . import legacy_assets
-from .launch import launch
+from .launch import TINY_ARGS, cpu_env, launch
 
 # trl 0.11.4's PPOConfig: every field and its default (exp_name defaults to the script's name).
 LEGACY_DEFAULTS = {
@@ -489,3 +489,30 @@ def test_trl_ppo_example_runs_on_two_processes(assets, tmp_path, peft):
     args = [*_example_args(assets, tmp_path, steps=steps), *(["--use_peft", "--lora_r", "4"] if peft else [])]
     launch([EXAMPLE, *args], num_processes=2, script="tests/scripts/run_on_cpu.py")
     _check_example_run(tmp_path, steps=steps, world_size=2, peft=peft)
+
+
+EARLY_STATE = """
+import sys
+from accelerate import PartialState
+PartialState()  # before the trainer, without cpu=True: a lone process on CPU
+from transformers import AutoTokenizer
+from ppo_dist import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
+model = AutoModelForCausalLMWithValueHead.from_pretrained(sys.argv[1])
+PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=2), model, None, AutoTokenizer.from_pretrained(sys.argv[1]))
+"""
+
+
+@pytest.mark.distributed
+def test_two_cpu_processes_launched_without_the_cpu_flag(assets, tmp_path):
+    """``accelerate launch --multi_gpu`` on a machine without GPUs, ACCELERATE_USE_CPU unset: the trainer
+    sets up the CPU processes itself; a script that made accelerate's state first is told what to do."""
+    env = cpu_env()
+    del env["ACCELERATE_USE_CPU"]
+    run = launch([*TINY_ARGS, "--train.total_steps", "1", "--train.output_dir", str(tmp_path / "run")],
+                 num_processes=2, env=env)  # fmt: skip
+    assert "on 2 process(es)" in run.stdout + run.stderr
+    (tmp_path / "early.py").write_text(EARLY_STATE)
+    early = launch([str(assets["lm"])], num_processes=2, env=env, script=tmp_path / "early.py", check=False)
+    assert early.returncode != 0
+    assert "WORLD_SIZE=2 but accelerate started 1 processes" in early.stderr
+    assert "PartialState(cpu=True)" in early.stderr and "accelerate launch --cpu" in early.stderr

@@ -168,3 +168,19 @@ def test_cli_dir_without_events_is_a_one_line_error(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "missing_run")]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing_run" in err
+
+
+def test_a_cjk_font_installed_after_matplotlib_cached_its_font_list_is_found(monkeypatch):
+    from matplotlib import font_manager
+
+    name = plot.find_cjk_font()
+    if name is None:
+        pytest.skip("no CJK font installed (apt-get install fonts-noto-cjk)")
+    entries = font_manager.fontManager.ttflist
+    stale = [e for e in entries if not plot._has_glyph(e.fname, getattr(e, "index", 0))]  # no Chinese font left
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", stale)  # the cache as it was before the install
+    plot._find_cjk_font_cached.cache_clear()
+    try:
+        assert plot.find_cjk_font() is not None
+    finally:
+        plot._find_cjk_font_cached.cache_clear()

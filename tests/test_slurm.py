@@ -4,6 +4,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -31,7 +32,7 @@ def _submit(cluster, out_dir, extra_args, log, accel_config=None):
         "RUN_CONFIG": "",
         "ACCELERATE_USE_CPU": "true",
         "OMP_NUM_THREADS": "1",
-        "ACCELERATE": shutil.which("accelerate"),
+        "PYTHON": sys.executable,
         "MAIN_PORT": str(_free_port()),
         "PYTHONPATH": str(REPO),
         "EXTRA_ARGS": " ".join([*TINY_ARGS, "--train.output_dir", str(out_dir), *extra_args]),
@@ -123,7 +124,7 @@ def test_single_node_template_runs_two_processes(cluster, tmp_path):
         "RUN_CONFIG": "",
         "ACCELERATE_USE_CPU": "true",
         "OMP_NUM_THREADS": "1",
-        "ACCELERATE": shutil.which("accelerate"),
+        "PYTHON": sys.executable,
         "PYTHONPATH": str(REPO),
         "EXTRA_ARGS": " ".join([*TINY_ARGS, "--train.output_dir", str(tmp_path / "run")]),
     }
@@ -149,6 +150,7 @@ def test_launch_script_without_slurm_stops_with_75_and_resumes(tmp_path):
         "RUN_CONFIG": "",
         "ACCELERATE_USE_CPU": "true",
         "OMP_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
         "PYTHONPATH": str(REPO),
     }
     cmd = [
@@ -182,6 +184,7 @@ def test_launch_script_relaunches_after_usr1_when_asked(tmp_path):
         "RUN_CONFIG": "",
         "ACCELERATE_USE_CPU": "true",
         "OMP_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
         "PYTHONPATH": str(REPO),
         "MAX_RESTARTS": "1",
     }

@@ -13,6 +13,7 @@ The stages chain as the README says: SFT -> RM -> PPO scored by that reward mode
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -60,8 +61,12 @@ def _run_script(stage: str, out: Path, extra: list[str], zero2: bool) -> str:
     else:
         env["MAX_RESTARTS"] = "1"
     cmd = ["bash", str(SCRIPT), "--train.output_dir", str(out), "--log.progress_bar", "false", *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watchdog = threading.Timer(400, proc.kill)
+    # A session of its own, so the watchdog ends the launcher and its trainers too: killing only bash
+    # would leave them holding stdout open, and the read below would wait for ever.
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    watchdog = threading.Timer(600, os.killpg, (proc.pid, signal.SIGKILL))
     watchdog.start()
     lines, ready = [], 0
     try:

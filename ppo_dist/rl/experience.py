@@ -218,6 +218,10 @@ class ExperienceMaker:
             "rollout/sampling_rounds": float(len(rounds)),
             "rollout/zero_std_groups": float(sum(int((~g.informative).sum()) for g in rounds)),
             "rollout/informative_groups": float(informative),
+            # every response sampled this step, tied groups included (env/reward_mean is over the trained ones)
+            "rollout/sampled_reward_mean": torch.cat(
+                [g.components["score"][g.components["valid"]] for g in rounds]
+            ).mean(),
         }
         return local, stats
 

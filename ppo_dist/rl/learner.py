@@ -48,12 +48,18 @@ class Learner:
         floats = torch.stack([values[k].float().reshape(()) for k in tensors]).tolist() if tensors else []
         stats = {**values, **dict(zip(tensors, floats, strict=True)), **exp.timings}
         self.experience.observe(stats)
-        engine = self.experience.engine
-        if engine is not None:  # the next rollout samples from the updated policy
-            seconds = agreed(self.policy.accelerator, engine.sync_weights, self.policy, exp.step)
-            if seconds is not None:
-                stats["time/weight_sync"] = seconds
+        seconds = self.sync_engine(exp.step)  # the next rollout samples from the updated policy
+        if seconds is not None:
+            stats["time/weight_sync"] = seconds
         return stats
+
+    def sync_engine(self, step: int) -> float | None:
+        """Copy the policy's weights into a rollout engine that holds its own (vllm); seconds taken, or
+        None when the engine samples from the policy itself (hf). After each update, and after a resume."""
+        engine = self.experience.engine
+        if engine is None:
+            return None
+        return agreed(self.policy.accelerator, engine.sync_weights, self.policy, step)
 
     def step(self, rollout: Rollout, scores: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:
         """One update from this process's ``rollout`` and ``scores`` (the legacy ``PPOTrainer.step``)."""

@@ -78,6 +78,7 @@ class Trainer:
         start = self.checkpoints.maybe_resume(cfg.checkpoint.resume)
         if start is not None:
             logger.info("resumed from step %d", start)
+            learner.sync_engine(start)  # an engine with its own weights still holds the initial ones
         self.tracker.start(resume_step=start or 0)
         self.signals.install()
         logger.info("ready: training from step %d; SIGUSR1/SIGTERM/SIGINT checkpoint and stop", learner.global_step)

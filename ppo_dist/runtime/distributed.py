@@ -66,7 +66,11 @@ def build_accelerator(cfg: Config, plan: BatchPlan) -> Accelerator:
     trackers = list(cfg.log.trackers) or None
     plugin = zero.deepspeed_plugin(cfg, plan) if zero.deepspeed_requested() else None
     dynamo = TorchDynamoPlugin(backend="inductor", dynamic=True) if cfg.train.compile else None
+    # Several processes and no GPU: the launch is CPU-only, so the processes talk over gloo even when the
+    # launcher was not told --cpu (accelerate would otherwise start each one as a lone process).
+    cpu_only = plan.world_size > 1 and not torch.cuda.is_available() and plugin is None
     accelerator = Accelerator(
+        cpu=cpu_only,
         deepspeed_plugin=plugin,
         dynamo_plugin=dynamo,
         mixed_precision=PRECISIONS[cfg.model.dtype],
@@ -81,7 +85,10 @@ def build_accelerator(cfg: Config, plan: BatchPlan) -> Accelerator:
     if accelerator.num_processes != plan.world_size:
         raise RuntimeError(
             f"the launcher reported WORLD_SIZE={plan.world_size} but accelerate started {accelerator.num_processes} "
-            "processes"
+            "processes: accelerate's process state was created as a single process before the trainer (a model "
+            "loaded with device_map, or PartialState()/Accelerator() called first); on CPU call "
+            "accelerate.PartialState(cpu=True) at the top of the script, or launch with `accelerate launch --cpu` "
+            "(ACCELERATE_USE_CPU=true)"
         )
     return accelerator
 
