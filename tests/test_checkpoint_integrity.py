@@ -1,6 +1,7 @@
 """Checkpoints reach the disk before they are marked complete, carry a manifest, and a damaged one is
 never resumed from: ``resume auto`` sets it aside for the newest intact one, a named one is an error."""
 
+import errno
 import json
 import logging
 import os
@@ -154,3 +155,52 @@ def test_save_after_falling_back_keeps_the_intact_checkpoints(saved):
     assert [s for s, _ in complete_checkpoints(manager.root)] == [2]
     assert find_damage(manager.root / "step_2") is None
     assert (manager.root / "step_2.damaged").is_dir()
+
+
+def test_resave_sets_the_old_checkpoint_aside_until_the_new_one_is_in_place(saved, monkeypatch):
+    """Re-saving step_2 never deletes the old one first: a failure at the worst moment (after the old one
+    is set aside, before the new one is renamed in) leaves the old one, and resume puts it back."""
+    manager, model = saved
+    root = manager.root
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    manager.save(2)  # a plain re-save: the new step_2 (weights 5.0) in place, nothing left aside
+    assert [s for s, _ in complete_checkpoints(root)] == [1, 2] and not list(root.glob(".old_step_*"))
+
+    real_rename = type(root).rename
+
+    def rename(self, target):
+        if self.name == ".tmp_step_2":  # the new checkpoint's rename into place fails (a crash there)
+            raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(root), "rename", rename)
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+    with pytest.raises(CheckpointError, match="step_2.*No space left"):
+        manager.save(2)
+    monkeypatch.undo()
+    assert not (root / "step_2").exists() and (root / ".old_step_2" / COMPLETE).is_file()
+    assert manager.maybe_resume("auto") == 2  # set back in place and loaded
+    assert (root / "step_2" / COMPLETE).is_file() and not list(root.glob(".old_step_*"))
+    assert torch.all(model.weight == 5.0)  # the old step_2, not the half-saved new one
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous(saved, monkeypatch):
+    manager, _ = saved
+
+    def no_space(path, *args, **kwargs):  # half a file written, then ENOSPC
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "model.safetensors"), "wb") as f:
+            f.write(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manager.accelerator, "save_state", no_space)
+    with pytest.raises(CheckpointError) as failure:
+        manager.save(3)
+    message = str(failure.value)
+    assert "\n" not in message and "No space left on device" in message and "step_2 is intact" in message
+    assert [s for s, _ in complete_checkpoints(manager.root)] == [1, 2]
+    assert not (manager.root / ".tmp_step_3").exists()
+    monkeypatch.undo()
+    assert manager.maybe_resume("auto") == 2

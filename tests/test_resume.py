@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ppo_dist.runtime.checkpoint import complete_checkpoints
+from ppo_dist.runtime.checkpoint import FAULT_PAUSE_ENV, complete_checkpoints
 from ppo_dist.runtime.guards import PREEMPTED_EXIT_CODE
 
 from .launch import READY, REPO, TINY_ARGS, Output, cpu_env, launch
@@ -124,10 +124,12 @@ def test_checkpoint_rotation_keeps_the_newest(tmp_path):
     assert [s for s, _ in complete_checkpoints(tmp_path / "checkpoints")] == [3, 4]
 
 
-def _start(args, tmp_path) -> Output:
+def _start(args, tmp_path, env: dict[str, str] | None = None) -> Output:
     cmd = [sys.executable, str(REPO / "train.py"), *args, "--train.output_dir", str(tmp_path)]
     return Output(
-        subprocess.Popen(cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            cmd, cwd=REPO, env=cpu_env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     )
 
 
@@ -144,49 +146,20 @@ def _wait_for(pred, out: Output, timeout=120):
 
 
 def test_kill_during_checkpoint_write_leaves_previous_checkpoint_loadable(tmp_path):
-    # Big enough that writing a checkpoint takes a moment; kill -9 as soon as a temporary dir appears.
-    args = [
-        *TINY_ARGS,
-        "--train.total_steps",
-        "50",
-        "--checkpoint.every",
-        "1",
-        "--model.tiny_n_embd",
-        "256",
-        "--model.tiny_n_layer",
-        "4",
-        "--train.save_final_model",
-        "false",
-    ]
-    out = _start(args, tmp_path)
+    # The fault hook stops the trainer with every file of step 2 written but the checkpoint neither
+    # marked complete nor renamed; kill -9 it there, which is during the write and not before or after.
+    args = [*TINY_ARGS, "--train.total_steps", "5", "--checkpoint.every", "1", "--train.save_final_model", "false"]
+    out = _start(args, tmp_path, env={FAULT_PAUSE_ENV: "checkpoint_written:2"})
     root = tmp_path / "checkpoints"
-    _wait_for(lambda: bool(complete_checkpoints(root)), out)
-    done = {s for s, _ in complete_checkpoints(root)}
-    _wait_for(
-        lambda: any(
-            p.name.startswith(".tmp_step_") and int(p.name.rsplit("_", 1)[1]) not in done for p in root.iterdir()
-        ),
-        out,
-    )
+    _wait_for(lambda: (root / ".tmp_step_2" / ".paused").exists(), out)
     out.proc.send_signal(signal.SIGKILL)
     out.finish()
-    ckpts = complete_checkpoints(root)
-    assert ckpts, "no complete checkpoint left"
-    step, path = ckpts[-1]
-    # The newest complete checkpoint loads: resume from it and finish.
-    proc2 = launch(
-        [
-            *args,
-            "--train.total_steps",
-            str(step + 1),
-            "--checkpoint.resume",
-            "auto",
-            "--train.output_dir",
-            str(tmp_path),
-        ]
-    )
-    assert proc2.returncode == 0
-    assert (root / f"step_{step + 1}" / "COMPLETE").is_file()
+    assert (root / ".tmp_step_2" / "model.safetensors").is_file()  # killed mid-checkpoint, files on disk
+    assert [s for s, _ in complete_checkpoints(root)] == [1]
+    # resume auto starts from the newest intact checkpoint and finishes.
+    proc2 = launch([*args, "--checkpoint.resume", "auto", "--train.output_dir", str(tmp_path)])
+    assert "resumed from step 1" in proc2.stderr
+    assert [s for s, _ in complete_checkpoints(root)][-1] == 5 and not (root / ".tmp_step_2").exists()
 
 
 def test_sigusr1_checkpoints_and_exits_with_preempted_status_then_resumes(tmp_path):

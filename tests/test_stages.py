@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from safetensors.torch import load_file
 from ppo_dist import plot
 from ppo_dist.config import ConfigError, from_dict, validate
 
-from .launch import REPO, cpu_env, launch
+from .launch import REPO, _free_port, cpu_env, launch
 
 SCRIPT = REPO / "slurm" / "launch_single_node.sh"
 READY = re.compile(r"\(pid \d+\): training from step (\d+) to (\d+)")
@@ -341,3 +342,53 @@ def test_sft_under_zero3_saves_a_loadable_final_model(sft, tmp_path):
     zero3 = load_file(str(tmp_path / "final_model" / "model.safetensors"))
     ddp = load_file(str(sft.ddp / "final_model" / "model.safetensors"))
     assert zero3.keys() == ddp.keys() and all(zero3[k].shape == ddp[k].shape for k in ddp)
+
+
+@pytest.mark.distributed
+def test_a_stage_checkpoint_failing_on_one_process_stops_every_process_with_one_error(tmp_path):
+    """Files over 64 KiB fail (EFBIG, like a full disk): the main process cannot write the model into
+    checkpoint-2 while the other writes only its small RNG state. Both stop with the same error (none
+    waits in the next collective) and no half-written checkpoint is left."""
+
+    def disk_full():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    args = ["--config", "configs/rlhf/sft.yaml", "--train.output_dir", str(tmp_path), "--train.total_steps", "4"]
+    args += ["--checkpoint.every", "2", "--log.progress_bar", "false", "--train.collective_timeout", "60"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--main_process_port", str(_free_port()), "train.py", *args]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300, preexec_fn=disk_full
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "writing stage checkpoint" in line]
+    assert len(errors) >= 2 and "File too large" in errors[0], proc.stderr[-4000:]
+    assert len({e[e.index("writing stage checkpoint") :] for e in errors}) == 1  # the same one line on both
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", ["rm", "dpo"])
+def test_rm_and_dpo_under_zero3_save_models_that_score_as_the_trained_one(stage, sft, tmp_path):
+    """configs/rlhf/<stage>.yaml with the ZeRO-3 accelerate config on 2 processes: the saved final model
+    loads and gives the outputs the trained, sharded model gave in memory (reward scores for rm, text
+    logprobs for dpo)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from .scripts import stage_probe
+
+    env = cpu_env()
+    env.pop("ACCELERATE_USE_CPU")  # it would turn the DeepSpeed config into plain multi-CPU
+    args = ["--config", f"configs/rlhf/{stage}.yaml", "--model.name_or_path", str(sft.ddp / "final_model")]
+    args += ["--train.output_dir", str(tmp_path), "--train.total_steps", "3", "--log.progress_bar", "false"]
+    launch([str(tmp_path / "probe.json"), *args], num_processes=2, config_file="accelerate_configs/zero3.yaml",
+           script="tests/scripts/stage_probe.py", env=env)  # fmt: skip
+    in_memory = json.loads((tmp_path / "probe.json").read_text())
+    final = tmp_path / "final_model"
+    model_class = AutoModelForSequenceClassification if stage == "rm" else AutoModelForCausalLM
+    saved = model_class.from_pretrained(final).eval()
+    reloaded = stage_probe.probe_outputs(saved, AutoTokenizer.from_pretrained(final), stage)
+    assert reloaded == pytest.approx(in_memory, rel=1e-4, abs=1e-4)
+    # ... and training changed it: the starting model (the sft result) scores differently.
+    start = model_class.from_pretrained(sft.ddp / "final_model").eval()
+    assert stage_probe.probe_outputs(start, AutoTokenizer.from_pretrained(final), stage) != pytest.approx(in_memory)

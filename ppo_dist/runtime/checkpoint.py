@@ -10,7 +10,9 @@ statistics). The data position is a function of the step (see ``data.prompts.Pro
 Durability: once every process has written its files, one process per node fsyncs them; then the
 main process records ``MANIFEST.json`` (size and CRC-32 of every file), fsyncs it and every
 directory, writes ``COMPLETE`` (fsynced), renames the directory and fsyncs ``checkpoints/``. A crash
-or power loss at any point leaves either no ``step_<N>`` or a complete one.
+or power loss at any point leaves either no ``step_<N>`` or a complete one. Re-saving a step sets the
+old ``step_<N>`` aside (``.old_step_<N>``) until the new one is renamed into place; a crash in between
+leaves the old one, which resume puts back.
 
 Verification on resume (main process; its choice is broadcast, so every process loads the same
 checkpoint): ``checkpoint.resume auto`` checks the newest complete checkpoint against its manifest,
@@ -30,6 +32,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import zlib
 from pathlib import Path
 
@@ -169,6 +172,33 @@ def _set_aside(path: Path) -> Path:
 # ---------------------------------------------------------------- manager
 
 
+# Fault injection for the crash-safety tests: PPO_DIST_FAULT_PAUSE=checkpoint_written:<step> makes the
+# main process stop, with its files of step <step> written but the checkpoint not yet marked complete or
+# renamed, and wait there (it writes <tmp>/.paused first) until it is killed.
+FAULT_PAUSE_ENV = "PPO_DIST_FAULT_PAUSE"
+
+
+def _fault_pause(point: str, step: int, where: Path) -> None:
+    if os.environ.get(FAULT_PAUSE_ENV) != f"{point}:{step}" or not where.is_dir():
+        return
+    (where / ".paused").touch()
+    while True:
+        time.sleep(60)
+
+
+def recover_set_aside(root: Path) -> None:
+    """A crash while re-saving ``step_<N>`` may leave the old one set aside as ``.old_step_<N>``: put it
+    back when no new ``step_<N>`` took its place, drop it when one did."""
+    for aside in sorted(Path(root).glob(".old_step_*")) if Path(root).is_dir() else []:
+        final = aside.with_name(aside.name.removeprefix(".old_"))
+        if final.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        elif (aside / COMPLETE).is_file():
+            aside.rename(final)
+            _fsync(aside.parent)
+            logger.info("restored %s, set aside by a re-save that did not finish", final)
+
+
 class CheckpointManager:
     def __init__(self, accelerator, root: Path, keep: int, every: int = 0):
         self.accelerator, self.root, self.keep, self.every = accelerator, Path(root), keep, every
@@ -194,6 +224,7 @@ class CheckpointManager:
             acc.save_state(str(tmp))
         except Exception as e:  # noqa: BLE001 - disk full, permissions, quota (OSError, or a serializer's own error type)
             error = e
+        _fault_pause("checkpoint_written", step, tmp)
         self._stop_together_on(error, step, tmp)
         # Every process has written its files. One process per node flushes them to disk (a network file
         # system flushes only the pages of the node that asks).
@@ -224,10 +255,20 @@ class CheckpointManager:
             f.flush()
             os.fsync(f.fileno())
         _fsync(tmp)
-        if final.exists():
-            shutil.rmtree(final)
+        if not final.exists():
+            tmp.rename(final)
+            _fsync(self.root)
+            return
+        # Re-saving a step (a rerun, a resumed job): the old one is set aside, not deleted, until the new
+        # one is in place, so a crash in between leaves one of them (restored by recover_set_aside).
+        aside = self.root / f".old_step_{step}"
+        if aside.exists():
+            shutil.rmtree(aside)
+        final.rename(aside)
+        _fsync(self.root)
         tmp.rename(final)
         _fsync(self.root)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def _stop_together_on(self, error: Exception | None, step: int, tmp: Path) -> None:
         failures = failures_everywhere(self.accelerator, error)  # every process stops together, none waits
@@ -280,6 +321,7 @@ class CheckpointManager:
 
     def _choose(self, resume: str) -> Path | None:
         """Main process: the checkpoint to resume from, verified (see the module doc)."""
+        recover_set_aside(self.root)
         if resume != "auto":
             path = Path(resume)
             if not (path / COMPLETE).is_file():

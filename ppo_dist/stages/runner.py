@@ -108,6 +108,34 @@ class MarkComplete(TrainerCallback):
         processes.wait_for_everyone()
 
 
+def agreed_checkpoints(trainer_class: type) -> type:
+    """``trainer_class`` whose checkpoint writes fail on every process together: one process's error
+    (a full disk, a permission) becomes the same :class:`CheckpointError` on all, instead of the others
+    waiting in the next collective, and the half-written checkpoint (never marked complete) is removed."""
+
+    class AgreedCheckpoints(trainer_class):
+        def _save_checkpoint(self, model, trial):
+            error = None
+            try:
+                super()._save_checkpoint(model, trial)
+            except Exception as e:  # noqa: BLE001 - OSError, or a serializer's own error type
+                error = e
+            failures = distributed.failures_everywhere(self.accelerator, error)
+            if failures is None:
+                return
+            out = Path(self.args.output_dir)
+            ckpt = out / f"checkpoint-{self.state.global_step}"
+            if self.accelerator.is_main_process:
+                shutil.rmtree(ckpt, ignore_errors=True)
+            previous = complete_checkpoints(out, _CHECKPOINT_DIR)
+            intact = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no earlier checkpoint"
+            what = "; ".join(dict.fromkeys(m for m in failures if m))
+            raise CheckpointError(f"writing stage checkpoint {ckpt} failed: {what}; {intact}") from error
+
+    AgreedCheckpoints.__name__ = AgreedCheckpoints.__qualname__ = trainer_class.__name__
+    return AgreedCheckpoints
+
+
 class StageRunner:
     """Builds a TRL trainer from a :class:`Config` and runs it with the guarantees in the module doc.
 
@@ -169,7 +197,7 @@ class StageRunner:
         return getattr(importlib.import_module("trl"), self.trl_classes[0])
 
     def trainer_class(self) -> type:
-        return getattr(importlib.import_module("trl"), self.trl_classes[1])
+        return agreed_checkpoints(getattr(importlib.import_module("trl"), self.trl_classes[1]))
 
     def stage_args(self) -> dict:
         """Fields of the TRL config that only this stage has."""
