@@ -388,3 +388,20 @@ def test_logprob_and_entropy_memory_is_bounded_by_the_chunk_not_the_sequence():
     chunked, full = _peak_mb("chunked"), _peak_mb("unchunked")
     assert full > 250, full
     assert chunked < 100, (chunked, full)
+
+
+def test_k2_is_half_the_squared_log_ratio():
+    lp, ref = torch.tensor([[-1.0, -2.0, -0.5]]), torch.tensor([[-1.5, -1.0, -0.5]])
+    torch.testing.assert_close(algos.kl_penalty(lp, ref, "k2"), torch.tensor([[0.125, 0.5, 0.0]]))
+
+
+def test_explained_variance_by_hand():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the padded 99 takes no part
+    # Var(returns) = 1 (unbiased, over 1, 2, 3); residuals 0, 0, 1 -> Var = 1/3: EV = 1 - 1/3.
+    values = torch.tensor([[1.0, 2.0, 2.0, 0.0]])
+    assert float(algos.explained_variance(values, returns, mask)) == pytest.approx(2 / 3)
+    assert float(algos.explained_variance(returns, returns, mask)) == pytest.approx(1.0)  # perfect
+    const = torch.full_like(returns, 2.0)  # a constant at the mean: no better than a constant
+    assert float(algos.explained_variance(const, returns, mask)) == pytest.approx(0.0)
+    assert torch.isnan(algos.explained_variance(values, torch.ones_like(returns), mask))  # constant returns

@@ -64,7 +64,18 @@ def test_build_model_dir_counts_and_reloads(tmp_path):
 
 
 def test_param_counts_of_all_shapes():
-    assert {s: common.count_params(s) for s in common.SHAPES} == {"150k": 149_248, "3m": 3_356_160, "124m": 86_235_648}
+    counts = {s: common.count_params(s) for s in common.SHAPES}
+    assert counts == {"150k": 149_248, "3m": 3_356_160, "3m-nodrop": 3_356_160, "124m": 86_235_648}
+    assert common.SHAPES["3m-nodrop"]["resid_pdrop"] == common.SHAPES["3m-nodrop"]["attn_pdrop"] == 0.0
+
+
+def test_race_rewards_by_hand():
+    import race_tasks
+
+    texts = ["12 ab", "", "abcdef", "a" * 18, "中文12"]
+    assert race_tasks.digits([], texts) == pytest.approx([0.5, 0.0, 0.0, 0.0, 0.5])
+    assert race_tasks.brief([], texts) == pytest.approx([1.0, 0.0, 1.0, 0.5, 1.0])  # 18 chars: (30-18)/24
+    assert race_tasks.latin([], texts) == pytest.approx([0.5, 0.0, 1.0, 1.0, 0.0])
 
 
 def test_append_markdown_row_creates_and_extends_tables(tmp_path):
