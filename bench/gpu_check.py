@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -201,6 +202,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes and batch (CPU mode in CI)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per shape (after one warm-up step)")
     ap.add_argument("--out", default="gpu_check.json")
+    ap.add_argument("--shape", help=argparse.SUPPRESS)  # internal: one shape in this process, its JSON on stdout
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: --device cuda but torch sees no CUDA device (use --device cpu --tiny)")
@@ -217,9 +219,21 @@ def main() -> None:
         "vllm": importlib.util.find_spec("vllm") is not None,
         "shapes": {},
     }
+    if args.shape:
+        family, shape = shapes[args.shape]
+        time_shape(args.shape, family, shape, batch, args.steps, args.device)
+        return
     t0 = time.perf_counter()
-    for name, (family, shape) in shapes.items():
-        report["shapes"][name] = time_shape(name, family, shape, batch, args.steps, args.device)
+    # Each shape in a process of its own: a vLLM engine cannot be started twice in one process (its
+    # parallel state outlives the first), and each shape's peak memory is then its own.
+    for name in shapes:
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--shape", name]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith(f'{{"{name}"')]
+        if proc.returncode != 0 or not lines:
+            sys.exit(f"gpu_check: shape {name} failed (exit {proc.returncode}); its output is above")
+        report["shapes"][name] = json.loads(lines[-1])[name]
+        print(lines[-1], flush=True)
     report["wall_s"] = time.perf_counter() - t0
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out} in {report['wall_s']:.0f} s", flush=True)

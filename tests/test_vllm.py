@@ -181,3 +181,23 @@ def test_a_llama_policy_loaded_from_a_directory_syncs_too(tmp_path):
     runs = _greedy_runs(tmp_path, ["--model.name_or_path", str(model_dir)], steps=4)
     hf, vllm = sample_tables(runs["hf"]), sample_tables(runs["vllm"])
     assert sorted(hf) == [1, 2, 3, 4] and hf == vllm and hf[1] != hf[4]
+
+
+def test_the_gpu_check_measures_the_vllm_engine_too(tmp_path):
+    """bench/gpu_check.py with vLLM importable: both shapes (each in a process of its own, as a second
+    engine cannot start in one process) report the vLLM engine's tokens/s, start and sync times."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "check.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--tiny", "--steps", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["vllm"] is True and set(report["shapes"]) == {"gpt2-tiny", "llama-tiny"}
+    for shape in report["shapes"].values():
+        for key in ("vllm_generation_tokens_per_s", "vllm_engine_start_s", "vllm_weight_sync_s"):
+            assert shape[key] > 0, key
