@@ -214,6 +214,17 @@ def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
+def target_summary(target: float, reached: tuple[int, float] | None, steps_run: int) -> dict:
+    """The time-to-target fields of a summary line; ``reached`` is (step, seconds) or None."""
+    return {
+        "target": target,
+        "reached_target": reached is not None,
+        "steps_to_target": reached[0] if reached else None,
+        "time_to_target_s": round(reached[1], 2) if reached else None,
+        "steps_run": steps_run,
+    }
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -122,11 +122,7 @@ def main() -> None:
         "preset": args.preset,
         "task": args.task,
         "seed": args.seed,
-        "target": args.target,
-        "reached_target": reached is not None,
-        "steps_to_target": reached[0] if reached else None,
-        "time_to_target_s": round(reached[1], 2) if reached else None,
-        "steps_run": len(records),
+        **common.target_summary(args.target, reached, len(records)),
         "s_per_step": round(common.median([r["s"] for r in records[1:] or records]), 4),
         "samples_per_step": cfg.rollout.batch_size * cfg.rollout.n_samples_per_prompt,
         # objective/kl: the mean over samples of the summed per-token log-ratio to the reference (k1);

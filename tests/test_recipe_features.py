@@ -6,18 +6,16 @@ import dataclasses
 
 import pytest
 import torch
-from accelerate.utils import set_seed
 
-from ppo_dist.config import parse_args, validate
+from ppo_dist.config import parse_args
 from ppo_dist.models import load_tokenizer
 from ppo_dist.plot import read_scalars
 from ppo_dist.rl.engines.hf import HFEngine
-from ppo_dist.rl.learner import build_learner
 from ppo_dist.rl.rollout import Rollout, left_pad, right_pad
 from ppo_dist.rl.sampling import GatheredRound, choose_groups, local_share
-from ppo_dist.runtime import distributed
 
 from .launch import TINY_ARGS, launch
+from .learners import tiny_learner
 
 # A reward that ties often: with 2 samples a group's rewards are equal about half of the time.
 TIE_REWARD = "def score(prompts, completions):\n    return [float(len(c) % 3 == 0) for c in completions]\n"
@@ -104,12 +102,7 @@ def test_evaluation_logs_reward_and_pass_at_k_on_its_steps(dynamic_runs):
 
 
 def _learner(extra):
-    cfg = parse_args([*TINY_ARGS, "--log.trackers", "[]", "--rollout.batch_size", "2", *extra])
-    plan = validate(cfg, 1)
-    acc = distributed.build_accelerator(cfg, plan)
-    set_seed(0)
-    tokenizer = load_tokenizer(cfg.model)
-    return build_learner(cfg, acc, tokenizer, plan), tokenizer
+    return tiny_learner(extra)
 
 
 @pytest.mark.parametrize("mask_truncated", [True, False])

@@ -3,25 +3,17 @@
 
 import pytest
 import torch
-from accelerate.utils import set_seed
 
-from ppo_dist.config import ModelConfig, parse_args, validate
+from ppo_dist.config import ModelConfig, parse_args
 from ppo_dist.models import build_tiny_gpt2, load_tokenizer
-from ppo_dist.rl.learner import build_learner
 from ppo_dist.rl.rollout import Rollout, left_pad, right_pad
-from ppo_dist.runtime import distributed
 from ppo_dist.runtime.guards import KLGuard, KLGuardError
 
-from .launch import TINY_ARGS
+from .learners import tiny_learner
 
 
 def _learner(extra):
-    cfg = parse_args([*TINY_ARGS, "--log.trackers", "[]", "--rollout.batch_size", "4", *extra])
-    plan = validate(cfg, 1)
-    acc = distributed.build_accelerator(cfg, plan)
-    set_seed(0)
-    tokenizer = load_tokenizer(cfg.model)
-    return build_learner(cfg, acc, tokenizer, plan), tokenizer
+    return tiny_learner(extra, batch_size=4)
 
 
 def _rollout(tok) -> Rollout:
