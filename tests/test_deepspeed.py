@@ -66,10 +66,13 @@ def ddp_run(tmp_path_factory):
 
 
 def test_single_process_config(tmp_path):
-    run_config("single", tmp_path)
-    scalars = read_scalars(tmp_path)
+    run_config("single", tmp_path / "single")
+    scalars = read_scalars(tmp_path / "single")
     assert all(math.isfinite(v) for v in scalars["ppo/loss/total"][1])
-    assert len(final_params(tmp_path)) > 0
+    # single.yaml is one plain process: the same trained model as a launch without any config file.
+    launch([*TINY_ARGS, "--train.output_dir", str(tmp_path / "plain")])
+    for a, b in zip(final_params(tmp_path / "single"), final_params(tmp_path / "plain"), strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", [n for n in TWO_PROCESS if n != "ddp"])
@@ -151,7 +154,10 @@ def test_multinode_template_on_two_local_machines(tmp_path):
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "on 2 process(es)" in outputs[0] and "on 2 process(es)" in outputs[1]
-    assert len(final_params(tmp_path)) > 0
+    # Two machines of one process each train like one machine with two: the same final model.
+    one_machine = run_config("ddp", tmp_path / "one_machine")
+    for a, b in zip(final_params(tmp_path), final_params(one_machine), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _user_json_config(tmp_path, micro_batch):

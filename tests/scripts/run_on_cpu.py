@@ -6,9 +6,10 @@ accelerate's ``PartialState()``, which legacy example scripts call before anythi
 ``ACCELERATE_USE_CPU``: in CPU processes it comes up as a single, non-distributed process. This
 wrapper sets the shared state up for CPU processes over gloo first (on GPUs no wrapper is needed),
 runs the script unchanged, and then tears the process group down, which legacy scripts never do
-(gloo may abort at interpreter exit otherwise).
+(gloo may abort at interpreter exit otherwise), and leaves without the interpreter's teardown.
 """
 
+import os
 import runpy
 import sys
 
@@ -22,3 +23,9 @@ if __name__ == "__main__":
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    # The script finished and everything is written: leave without the interpreter's teardown, in which
+    # a library's CPU communication thread occasionally aborts ("terminate called without an active
+    # exception", exit -6) and turns a finished run into a failed one (train.py does the same).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
