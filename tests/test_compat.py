@@ -27,7 +27,11 @@ def _check_notebook_run(out, steps: int):
     assert last > first + 0.2, (first, last)
     assert (out / "curves.png").stat().st_size > 10_000
     reloaded = AutoModelForCausalLMWithValueHead.from_pretrained(out / "final_model")
-    assert reloaded.num_parameters() > 0
+    base = AutoModelForCausalLMWithValueHead.from_pretrained(out / "base_model")  # what the run started from
+    trained, start = dict(reloaded.named_parameters()), dict(base.named_parameters())
+    assert trained.keys() == start.keys() and (out / "final_model" / "value_head.pt").is_file()
+    assert any(not torch.equal(trained[k], start[k]) for k in trained if not k.startswith("v_head"))
+    assert all(torch.isfinite(p).all() for p in trained.values())
     assert (
         len(list(out.glob("*/events.out.tfevents.*"))) == 1
     )  # one writer, on the main process (hparams go to a subdir)

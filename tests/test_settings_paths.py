@@ -83,3 +83,25 @@ def test_min_entropy_guard_stops_or_warns(tmp_path, caplog):
     warn = KLGuard(parse_args(["--train.min_entropy", "2.5", "--train.kl_guard", "warn"]).train, tmp_path)
     warn.check({"objective/kl": 0.1, "objective/entropy": 2.4}, step=4)
     assert "going on (train.kl_guard=warn)" in caplog.text
+
+
+@pytest.mark.parametrize("whiten", [True, False])
+def test_whiten_rewards_normalises_the_token_rewards_before_gae_keeping_their_mean(whiten):
+    """No KL, gamma = lam = 1: a response's return at its first token is the sum of its token rewards,
+    which are its score on its last token and 0 elsewhere; whitened over all valid tokens with the mean
+    added back, ``(r - m) / s + m`` each."""
+    extra = ["--ppo.whiten_rewards", str(whiten).lower(), "--ppo.whiten_advantages", "false"]
+    extra += ["--ppo.kl_coef", "0", "--ppo.gamma", "1", "--ppo.lam", "1", "--ppo.ppo_epochs", "1"]
+    learner, tok = _learner(extra)
+    scores = torch.tensor([1.0, 0.0, 0.5, 0.2])
+    exp = learner.experience.from_rollout(_rollout(tok), scores, None, step=1)
+    lengths = torch.tensor([2.0, 3.0, 1.0, 1.0])  # response tokens of _rollout
+    assert exp.response_mask.sum(1).tolist() == lengths.tolist()
+    if whiten:
+        n = lengths.sum()
+        m = scores.sum() / n
+        s = torch.sqrt(((scores - m) ** 2 + (lengths - 1) * m**2).sum() / (n - 1))  # zeros elsewhere
+        expected = (scores - lengths * m) / s + lengths * m
+    else:
+        expected = scores
+    torch.testing.assert_close(exp.returns[:, 0], expected, rtol=1e-4, atol=1e-5)
