@@ -71,15 +71,13 @@ def kl_to_initial(experience, model_dir: Path) -> float:
     """Mean per-token k1 KL of the policy that sampled ``experience`` to the initial model, on its own
     samples (an unbiased estimate of the per-token KL, as TRL's logged k3 is). Outside the timed steps."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    r = experience.rollout
-    initial = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    ids, attn = torch.cat([r.queries, r.responses], 1), torch.cat([r.query_mask, r.response_mask], 1)
-    with torch.no_grad():
-        logits = initial(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(1) - 1).clamp_min(0)).logits
-    q = r.queries.shape[1]
-    ref = torch.log_softmax(logits[:, q - 1 : -1].float(), -1).gather(-1, r.responses.unsqueeze(-1)).squeeze(-1)
+    from ppo_dist.models import CausalLMWithValueHead
+    from ppo_dist.rl.roles import Reference
+
+    initial = CausalLMWithValueHead.from_pretrained(str(model_dir), value_head=False).eval()
+    with torch.no_grad():  # the trainer's own reference scoring, on the step's rollout
+        ref = Reference(initial).logprobs(experience.rollout, [torch.arange(experience.logprobs.shape[0])])
     mask = experience.response_mask.float()
     return float(((experience.logprobs - ref) * mask).sum() / mask.sum())
 

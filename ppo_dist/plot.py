@@ -133,8 +133,7 @@ def _find_cjk_font_cached() -> str | None:
                 try:
                     font_manager.fontManager.addfont(path)
                 except (OSError, RuntimeError, ValueError):
-                    continue
-        entries = font_manager.fontManager.ttflist
+                    continue  # addfont appends to the list `entries` is
         found = search()
     return found
 

@@ -186,6 +186,23 @@ def _fault_pause(point: str, step: int, where: Path) -> None:
         time.sleep(60)
 
 
+def stop_together_on(
+    accelerator, error: BaseException | None, what: str, partial: Path, root: Path, pattern: re.Pattern = _STEP_DIR
+) -> None:
+    """Every process agrees whether any failed ``what`` (writing ``partial``); if one did, the main process
+    removes ``partial`` and every process raises the same one-line :class:`CheckpointError`, naming the
+    newest complete checkpoint under ``root``, instead of the healthy ones waiting in the next collective."""
+    failures = failures_everywhere(accelerator, error)
+    if failures is None:
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    previous = complete_checkpoints(root, pattern)
+    intact = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no earlier checkpoint exists"
+    reasons = "; ".join(dict.fromkeys(m for m in failures if m))  # the same error on every rank is said once
+    raise CheckpointError(f"{what} failed: {reasons}; {intact}") from error
+
+
 def recover_set_aside(root: Path) -> None:
     """A crash while re-saving ``step_<N>`` may leave the old one set aside as ``.old_step_<N>``: put it
     back when no new ``step_<N>`` took its place, drop it when one did."""
@@ -271,15 +288,7 @@ class CheckpointManager:
         shutil.rmtree(aside, ignore_errors=True)
 
     def _stop_together_on(self, error: Exception | None, step: int, tmp: Path) -> None:
-        failures = failures_everywhere(self.accelerator, error)  # every process stops together, none waits
-        if failures is None:
-            return
-        if self.accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        previous = complete_checkpoints(self.root)
-        intact = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no earlier checkpoint exists"
-        what = "; ".join(dict.fromkeys(m for m in failures if m))  # the same error on every rank is said once
-        raise CheckpointError(f"writing checkpoint step_{step} to {tmp} failed: {what}; {intact}")
+        stop_together_on(self.accelerator, error, f"writing checkpoint step_{step} to {tmp}", tmp, self.root)
 
     # ------------------------------------------------------------------ resume
 

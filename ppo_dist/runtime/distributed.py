@@ -68,7 +68,7 @@ def build_accelerator(cfg: Config, plan: BatchPlan) -> Accelerator:
     dynamo = TorchDynamoPlugin(backend="inductor", dynamic=True) if cfg.train.compile else None
     # Several processes and no GPU: the launch is CPU-only, so the processes talk over gloo even when the
     # launcher was not told --cpu (accelerate would otherwise start each one as a lone process).
-    cpu_only = plan.world_size > 1 and not torch.cuda.is_available() and plugin is None
+    cpu_only = plan.world_size > 1 and backend == "gloo" and plugin is None
     accelerator = Accelerator(
         cpu=cpu_only,
         deepspeed_plugin=plugin,

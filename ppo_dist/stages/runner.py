@@ -44,7 +44,13 @@ from ..config import LR_SCHEDULERS, STAGES, Config, ConfigError, validate
 from ..data import load_dataset_source
 from ..models import causal_lm, disable_dropout, load_tokenizer
 from ..runtime import distributed, tracking, zero
-from ..runtime.checkpoint import COMPLETE, CheckpointError, check_writable, complete_checkpoints
+from ..runtime.checkpoint import (
+    COMPLETE,
+    CheckpointError,
+    check_writable,
+    complete_checkpoints,
+    stop_together_on,
+)
 from ..runtime.guards import Preempted, StopSignals
 
 logger = logging.getLogger(__name__)
@@ -120,17 +126,9 @@ def agreed_checkpoints(trainer_class: type) -> type:
                 super()._save_checkpoint(model, trial)
             except Exception as e:  # noqa: BLE001 - OSError, or a serializer's own error type
                 error = e
-            failures = distributed.failures_everywhere(self.accelerator, error)
-            if failures is None:
-                return
-            out = Path(self.args.output_dir)
-            ckpt = out / f"checkpoint-{self.state.global_step}"
-            if self.accelerator.is_main_process:
-                shutil.rmtree(ckpt, ignore_errors=True)
-            previous = complete_checkpoints(out, _CHECKPOINT_DIR)
-            intact = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no earlier checkpoint"
-            what = "; ".join(dict.fromkeys(m for m in failures if m))
-            raise CheckpointError(f"writing stage checkpoint {ckpt} failed: {what}; {intact}") from error
+            ckpt = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            what = f"writing stage checkpoint {ckpt}"
+            stop_together_on(self.accelerator, error, what, ckpt, ckpt.parent, _CHECKPOINT_DIR)
 
     AgreedCheckpoints.__name__ = AgreedCheckpoints.__qualname__ = trainer_class.__name__
     return AgreedCheckpoints
