@@ -79,11 +79,14 @@ def _assert_same(a, b):
             assert step_a[k] == pytest.approx(step_b[k], rel=1e-4, abs=1e-6), k
     final_a, final_b = params_a["final"], params_b["final"]
     assert final_a.keys() == final_b.keys()
-    for name, tensor in final_a.items():
-        torch.testing.assert_close(tensor, final_b[name], rtol=1e-4, atol=2e-5, msg=name)
     # The updates really moved the weights (comparing two untouched models would prove nothing).
     moved = max((final_a[n] - params_a["initial"][n]).abs().max().item() for n in final_a)
     assert moved > 1e-4, moved
+    # Adam divides by the gradient's running RMS: a weight whose gradient is at rounding level moves by
+    # up to lr in a direction rounding picks (seen: one weight in 4096 off by 4e-5 on one CPU). 1 % of the
+    # largest move still catches a process or micro-batch weighted wrongly (off by about lr everywhere).
+    for name, tensor in final_a.items():
+        torch.testing.assert_close(tensor, final_b[name], rtol=1e-4, atol=max(2e-5, 0.01 * moved), msg=name)
 
 
 def test_gradient_accumulation_split_gives_the_same_update(one):

@@ -140,6 +140,14 @@ class RolloutConfig:
     top_p: float = doc_field(1.0, "nucleus sampling; 1.0 = off")
     do_sample: bool = doc_field(True, "sample (true) or greedy decode (false)")
     generation_batch_size: int = doc_field(0, "prompts per generate() call on a process; 0 = the whole local batch")
+    decode: str = doc_field(
+        "loop",
+        "the hf engine's decode loop: loop (ppo_dist's KV-cache loop: generate's tokens for the same seed, less "
+        "work per token; decoder-only models) | compiled (that loop on a static KV cache with a torch.compile'd "
+        "decode step: greedy tokens as generate's; compiles once per cache length, not under ZeRO-3) | generate "
+        "(transformers generate)",
+        choices=lambda: ("loop", "compiled", "generate"),
+    )
     gather_for_generation: bool = doc_field(
         True,
         "ZeRO-3: gather the policy once per rollout for generate (fast; needs the full model to fit on one device) "
