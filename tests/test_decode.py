@@ -103,17 +103,22 @@ def test_loop_refuses_what_it_does_not_do(lora_and_plain):
         generate(model, ids, tok, gen, decode="beam")
 
 
-def test_compiled_decode_gives_the_greedy_tokens_of_generate(lora_and_plain):
+def test_compiled_decode_gives_the_tokens_of_generate(lora_and_plain):
     """rollout.decode=compiled: static cache, compiled decode step; prompts of different lengths in one
-    cache bucket reuse the step; greedy tokens are generate's."""
+    cache bucket reuse the step. Greedy tokens are generate's; so are sampled ones here (the tiny model
+    barely attends, so greedy alone would miss a cache slot left out of the mask; sampling does not)."""
     learners, tok = lora_and_plain
     model = learners["value-head policy"].policy.unwrapped.eval()
-    gen = GenerationConfig(max_new_tokens=20, do_sample=False, eos_token_id=tok.eos_token_id)
-    gen.update(pad_token_id=tok.pad_token_id)
-    for prompts in (PROMPTS, PROMPTS[::-1][:3]):
-        ids = [torch.tensor(tok(p)["input_ids"]) for p in prompts]
-        q, qm = left_pad(ids, tok.pad_token_id)
-        expected = model.generate(input_ids=q, attention_mask=qm, generation_config=gen)[:, q.shape[1] :]
-        assert torch.equal(sample_loop(model, q, qm, gen, compiled=True), expected)
-        rollout = generate(model, ids, tok, gen, decode="compiled")
-        assert torch.equal(rollout.responses[:, : expected.shape[1]], expected * rollout.response_mask)
+    for setting in ("greedy", "sampled"):
+        gen = GenerationConfig(max_new_tokens=20, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        gen.update(**SETTINGS[setting])
+        for prompts in (PROMPTS * 2, PROMPTS[::-1][:3]):
+            ids = [torch.tensor(tok(p)["input_ids"]) for p in prompts]
+            q, qm = left_pad(ids, tok.pad_token_id)
+            torch.manual_seed(5)
+            expected = model.generate(input_ids=q, attention_mask=qm, generation_config=gen)[:, q.shape[1] :]
+            torch.manual_seed(5)
+            assert torch.equal(sample_loop(model, q, qm, gen, compiled=True), expected), setting
+            torch.manual_seed(5)
+            rollout = generate(model, ids, tok, gen, decode="compiled")
+            assert torch.equal(rollout.responses[:, : expected.shape[1]], expected * rollout.response_mask)

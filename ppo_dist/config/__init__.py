@@ -8,6 +8,7 @@ from .fields import ConfigError, doc_field, exact_div, section
 from .loading import build_arg_parser, from_dict, load_yaml, parse_args
 from .plan import BatchPlan, plan_batches
 from .schema import (
+    DECODE_LOOPS,
     LR_SCHEDULERS,
     ON_INVALID,
     PRECISIONS,
@@ -35,6 +36,7 @@ __all__ = [
     "CheckpointConfig",
     "Config",
     "ConfigError",
+    "DECODE_LOOPS",
     "DataConfig",
     "EvalConfig",
     "LR_SCHEDULERS",

@@ -59,6 +59,8 @@ ROLLOUT_ENGINES = {
     "hf": EngineEntry("hf", "transformers generate on the policy itself (nothing to sync)"),
     "vllm": EngineEntry("vllm", "an in-process vLLM engine per process, weights synced after every update"),
 }
+# rollout.decode: the hf engine's decode loops (ppo_dist.rl.engines.hf.generate).
+DECODE_LOOPS = ("loop", "compiled", "generate")
 
 
 SEED_PROMPTS = [
@@ -146,7 +148,7 @@ class RolloutConfig:
         "work per token; decoder-only models) | compiled (that loop on a static KV cache with a torch.compile'd "
         "decode step: greedy tokens as generate's; compiles once per cache length, not under ZeRO-3) | generate "
         "(transformers generate)",
-        choices=lambda: ("loop", "compiled", "generate"),
+        choices=lambda: DECODE_LOOPS,
     )
     gather_for_generation: bool = doc_field(
         True,

@@ -26,6 +26,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from ...config import DECODE_LOOPS
 from ...runtime import zero
 from ..roles import Policy
 from ..rollout import Rollout, left_pad, truncate_at_eos
@@ -114,7 +115,8 @@ def sample_loop(
 
     ``compiled``: a static KV cache (``STATIC_CACHE_BUCKET``-rounded) and a ``torch.compile``'d decode
     step with fixed shapes; the prompt's forward stays eager. The attention then spans the whole cache
-    (masked), so logits may differ in the last bits: greedy tokens are the same, sampled ones may not be.
+    (masked), so logits may differ in the last bits: greedy tokens are the same; sampled ones were the same
+    in tests/test_decode.py, but a last-bit difference can flip a draw.
     """
     global _compiled_step
     g = gen_config
@@ -133,12 +135,14 @@ def sample_loop(
         prefill[cache_name] = _static_cache(lm, length)
         prefill["cache_position"] = torch.arange(Lq, device=input_ids.device)
         full_mask = torch.cat([mask, mask.new_zeros(B, length - Lq)], dim=1)  # fixed shape for the compiled step
+        slots = torch.arange(Lq, length, device=input_ids.device)  # cache slot of each new token
         if _compiled_step is None:
             _compiled_step = torch.compile(_decode_step, dynamic=False)
     if keep_name is not None:
         prefill[keep_name] = 1
     logits = lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, **prefill).logits[:, -1]
     cache = prefill[cache_name]
+    step = {cache_name: cache, "use_cache": True, "return_dict": True}
     unfinished = torch.ones(B, dtype=torch.long, device=input_ids.device)
     tokens = []
     for t in range(g.max_new_tokens):
@@ -158,16 +162,11 @@ def sample_loop(
         positions = positions[:, -1:] + 1
         if compiled:  # the new token goes to cache slot Lq + t
             full_mask[:, Lq + t] = 1
-            where = torch.tensor([Lq + t], device=input_ids.device)
-            logits = _compiled_step(lm, nxt[:, None], full_mask, positions, cache, where, cache_name)
+            logits = _compiled_step(lm, nxt[:, None], full_mask, positions, cache, slots[t : t + 1], cache_name)
         else:
             mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-            step = {cache_name: cache, "use_cache": True, "return_dict": True}
             logits = lm(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions, **step).logits[:, -1]
     return torch.stack(tokens, dim=1) if tokens else input_ids.new_zeros(B, 0)
-
-
-DECODE_LOOPS = ("generate", "loop", "compiled")
 
 
 @torch.no_grad()
