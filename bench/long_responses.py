@@ -10,6 +10,8 @@ the update (and the logprob/value passes) into micro-batches are measured:
           rollout.forward_batch_size 2)
   tokens  token budget of 2 x (prompt + max_new_tokens) per micro-batch, samples sorted by length
           (ppo.micro_batch_tokens, rollout.forward_tokens)
+  packed  that budget in real tokens, each micro-batch's samples packed end to end into rows
+          (ppo.packing): no padding in the model's body
 
     python bench/long_responses.py --lengths 256 1024 4096          # the scaling table
     python bench/long_responses.py --gae-only                       # GAE alone up to T = 32768
@@ -35,7 +37,7 @@ PROMPT_TOKENS = 16  # every prompt of common.PROMPTS fits
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
-    ap.add_argument("--modes", nargs="+", choices=["fixed", "tokens"], default=["fixed", "tokens"])
+    ap.add_argument("--modes", nargs="+", choices=["fixed", "tokens", "packed"], default=["fixed", "tokens", "packed"])
     ap.add_argument("--steps", type=int, default=2, help="steps per setting; the last one is reported")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gae-only", action="store_true", help="time GAE alone (vectorised scan vs T x T matrix)")
@@ -61,6 +63,7 @@ def build_trainer(max_new_tokens: int, mode: str, out_dir: str):
         p.gradient_accumulation_steps, r.forward_batch_size = 4, 2
     else:
         p.micro_batch_tokens, r.forward_tokens = budget, budget
+        p.packing = mode == "packed"
     cfg.train.output_dir, cfg.train.total_steps = out_dir, 10
     cfg.log.trackers, cfg.log.progress_bar = [], False
     return Trainer(cfg)

@@ -434,7 +434,8 @@ def render_long(rows: list[dict], gae: list[dict]) -> list[str]:
         "",
         "`python bench/long_responses.py`: response lengths forced to spread uniformly from 16 to max_new_tokens; "
         "GAE with a value head, one optimiser step per rollout. fixed: micro-batches of 2 samples in shuffled "
-        "order; tokens: a token budget of 2 x (16 + max_new_tokens) per micro-batch, samples sorted by length. "
+        "order; tokens: a token budget of 2 x (16 + max_new_tokens) per micro-batch, samples sorted by length; "
+        "packed: that budget in real tokens, each micro-batch packed end to end into rows (ppo.packing). "
         "Seconds of the second step, by phase; peak resident memory of that step.",
         "",
         "| max new tokens | micro-batches | generate s | logprob passes s | advantages s | update s | step s | "
@@ -452,6 +453,13 @@ def render_long(rows: list[dict], gae: list[dict]) -> list[str]:
     if longest and (longest, "fixed") in by and (longest, "tokens") in by:
         ratio = by[(longest, "tokens")]["update_s"] / by[(longest, "fixed")]["update_s"]
         lines += ["", f"Update time, token budget / fixed size at {longest}: **{ratio:.2f}** (target ≤ 0.7)."]
+    if longest and (longest, "tokens") in by and (longest, "packed") in by:
+        packed, tokens = by[(longest, "packed")], by[(longest, "tokens")]
+        lines += [
+            "",
+            f"Packed / token budget at {longest}: update **{packed['update_s'] / tokens['update_s']:.2f}**, "
+            f"logprob passes **{packed['logprobs_s'] / tokens['logprobs_s']:.2f}**.",
+        ]
     if gae:
         lines += [
             "",

@@ -28,6 +28,7 @@ VARIANTS = {
     "gae_forward_micro": ["--rollout.forward_batch_size", "3"],
     # Budgets small enough that mini-batches split into several, uneven micro-batches.
     "gae_token_budget": ["--ppo.micro_batch_tokens", "16", "--rollout.forward_tokens", "16"],
+    "gae_packing": ["--ppo.packing", "true", "--ppo.micro_batch_tokens", "24", "--rollout.forward_tokens", "24"],
     "grpo": [*GROUPED, "--ppo.advantage_estimator", "grpo"],
     "grpo_seq_mean_token_mean": [
         *GROUPED,

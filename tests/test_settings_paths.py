@@ -1,5 +1,6 @@
 """Settings whose effect is easy to break unnoticed, each pinned on a real update or by hand:
-``ppo.shuffle: false``, ``model.ref_name_or_path``, ``ppo.whiten_advantages`` and ``train.min_entropy``."""
+``ppo.shuffle: false``, ``model.ref_name_or_path``, ``ppo.whiten_advantages``, ``train.min_entropy`` and
+``log.entropy_every``."""
 
 import pytest
 import torch
@@ -105,3 +106,29 @@ def test_whiten_rewards_normalises_the_token_rewards_before_gae_keeping_their_me
     else:
         expected = scores
     torch.testing.assert_close(exp.returns[:, 0], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("every", "coef", "expected"),
+    [("2", "0", [False, True, False, True]), ("0", "0", [False] * 4), ("0", "0.01", [True] * 4)],
+)
+def test_entropy_is_computed_only_at_the_steps_that_ask_for_it(every, coef, expected):
+    """``log.entropy_every``: the update's forwards compute the full-vocabulary entropy at multiples of
+    N only (its metric is absent elsewhere); an entropy bonus needs it, and has it, at every step."""
+    learner, tok = _learner(["--log.entropy_every", every, "--ppo.entropy_coef", coef])
+    seen = []
+    score = learner.policy.score
+
+    def recording(part, *, entropy, **kwargs):
+        seen.append(entropy)
+        return score(part, entropy=entropy, **kwargs)
+
+    learner.policy.score = recording
+    logged = []
+    for _ in range(4):
+        seen.clear()
+        stats = learner.step(_rollout(tok), torch.tensor([1.0, 0.0, 0.5, 0.2]))
+        assert len(set(seen)) == 1  # every forward of a step alike
+        logged.append("ppo/policy/entropy" in stats)
+        assert seen[0] == ("grad" if coef != "0" else "metric" if logged[-1] else "none")
+    assert logged == expected

@@ -252,6 +252,12 @@ class PPOConfig:
     micro_batch_tokens: int = doc_field(
         0, "token budget (query + response) per update micro-batch, length-sorted; 0 = fixed-size micro-batches"
     )
+    packing: bool = doc_field(
+        False,
+        "padding-free logprob/value passes and update: a micro-batch's samples packed end to end into rows, position "
+        "ids restarting per sample (token budgets then count real tokens); decoder-only models whose attention reads "
+        "packed position ids (checked at start)",
+    )
     on_policy_shortcut: bool = doc_field(
         True,
         "when one optimiser step consumes the whole rollout (1 epoch, 1 mini-batch, no critic, KL not in the reward), "
@@ -389,6 +395,12 @@ class TrainConfig:
 @dataclass
 class LogConfig:
     log_every: int = doc_field(1, "write scalars every N PPO steps")
+    entropy_every: int = doc_field(
+        1,
+        "compute ppo/policy/entropy (the full-vocabulary entropy of the update's forwards) at PPO steps that are "
+        "multiples of N; 0 = never; every step when ppo.entropy_coef > 0 (objective/entropy, the sampled estimate, "
+        "is logged at every step either way)",
+    )
     trackers: list = doc_field(["tensorboard"], "accelerate trackers: tensorboard, wandb, mlflow, ... ([] = none)")
     project_name: str = doc_field("ppo_dist", "tracker project / run name")
     samples_every: int = doc_field(

@@ -55,6 +55,7 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "train.min_entropy": ("ppo",),
     "train.kl_guard": ("ppo",),
     "log.samples_every": ("ppo",),
+    "log.entropy_every": ("ppo",),
     "eval": ("ppo",),
     **{name: (name,) for name in STAGES},
 }

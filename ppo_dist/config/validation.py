@@ -97,6 +97,7 @@ def _validate_shared(cfg: Config) -> None:
     check(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
     check(t.total_steps > 0, f"train.total_steps must be > 0, got {t.total_steps}")
     check(lg.log_every > 0, f"log.log_every must be > 0, got {lg.log_every}")
+    check(lg.entropy_every >= 0, f"log.entropy_every must be >= 0, got {lg.entropy_every}")
     check(
         ck.every >= 0 and ck.keep > 0,
         f"checkpoint.every must be >= 0 and checkpoint.keep > 0, got {ck.every}, {ck.keep}",

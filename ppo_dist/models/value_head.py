@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from .. import algos
 from .loading import ModelLoadError, load_causal_lm
 from .lora import save_merged_lora
+from .packing import packed_hidden
 
 VALUE_HEAD_FILE = "value_head.pt"
 
@@ -65,6 +66,7 @@ class ValueHeadModel(nn.Module):
             nn.init.normal_(self.v_head.weight, std=1.0 / (hidden + 1) ** 0.5)
             nn.init.zeros_(self.v_head.bias)
         self.chunk_tokens = algos.chunk_tokens_for(config.vocab_size, logits_chunk_tokens)
+        self.packing = False  # ppo.packing: scoring forwards on packed rows (enable_packing)
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -159,6 +161,36 @@ class ValueHeadModel(nn.Module):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def enable_packing(self) -> None:
+        """Score on packed rows from now on (``ppo.packing``), once a check shows the architecture keeps
+        packed samples apart: three samples, two of them sharing a row, must score as padded."""
+        if self.is_encoder_decoder:
+            raise ModelLoadError("ppo.packing needs a decoder-only model")
+        was_training = self.training
+        self.eval()
+        try:
+            gen = torch.Generator().manual_seed(0)
+            device = next(self.parameters()).device
+            ids = torch.randint(3, self.config.vocab_size, (3, 8), generator=gen).to(device)
+            q_mask = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 1], [0, 1, 1, 1]], device=device)
+            r_mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [1, 0, 0, 0]], device=device)  # lengths 6, 2, 4
+            q, r = ids[:, :4], ids[:, 4:]
+            self.packing = False
+            padded = self._score(q, q_mask, r, r_mask, entropy="none", with_values=False).logprobs
+            self.packing = True
+            packed = self._score(q, q_mask, r, r_mask, entropy="none", with_values=False).logprobs
+        finally:
+            self.train(was_training)
+        tol = 1e-4 if self.hf_model.get_output_embeddings().weight.dtype == torch.float32 else 5e-2
+        error = ((packed - padded) * r_mask).abs().max().item()
+        if error > tol:
+            self.packing = False
+            raise ModelLoadError(
+                f"{type(self.hf_model).__name__}: packed samples score differently from padded ones (max error "
+                f"{error:.3g}); its attention does not keep packed sequences apart, set ppo.packing false"
+            )
+
     # ------------------------------------------------------------------ HF-like surface
 
     def generate(self, *args, **kwargs):
@@ -211,11 +243,15 @@ class CausalLMWithValueHead(ValueHeadModel):
         input_ids = torch.cat([queries, responses], dim=1)
         attention_mask = torch.cat([query_mask, response_mask], dim=1)
         position_ids = (attention_mask.cumsum(1) - 1).clamp_min(0)
-        out = self.hf_model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
+        body = self.hf_model.base_model
+        if self.packing:
+            hidden = packed_hidden(body, input_ids, attention_mask, position_ids)
+        else:
+            hidden = body(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
         T = responses.shape[1]
-        hidden = out.last_hidden_state[:, -T - 1 : -1]  # the position before each response token predicts it
+        hidden = hidden[:, -T - 1 : -1]  # the position before each response token predicts it
         return self._scores_from_hidden(hidden, responses, entropy, with_values)
 
     def _model_logits(self, queries, responses) -> torch.Tensor:

@@ -13,7 +13,12 @@ from ..runtime import distributed, zero
 
 
 def plan_micro_batches(
-    query_lengths: torch.Tensor, response_lengths: torch.Tensor, *, max_samples: int, max_tokens: int = 0
+    query_lengths: torch.Tensor,
+    response_lengths: torch.Tensor,
+    *,
+    max_samples: int,
+    max_tokens: int = 0,
+    packed: bool = False,
 ) -> list[torch.Tensor]:
     """Split positions ``0..n-1`` into micro-batches.
 
@@ -21,6 +26,8 @@ def plan_micro_batches(
     samples are sorted by length (longest first) and each micro-batch takes samples while its padded
     size ``rows x (longest query + longest response)`` stays within ``max_tokens`` (a sample longer
     than the budget goes alone). Sorting keeps similar lengths together, so little is padding.
+    ``packed`` (``ppo.packing``: the forward packs the samples end to end): the budget counts real
+    tokens, the sum of the samples' lengths.
     """
     n = len(response_lengths)
     if max_tokens <= 0:
@@ -29,15 +36,17 @@ def plan_micro_batches(
     order = torch.sort(total, descending=True, stable=True).indices.tolist()
     q, r = query_lengths.tolist(), response_lengths.tolist()
     bins: list[list[int]] = []
-    width_q = width_r = 0
+    width_q = width_r = used = 0  # the open micro-batch's longest query / response, its real tokens
     for i in order:
         wq, wr = max(width_q, q[i]), max(width_r, r[i])
-        if bins and (len(bins[-1]) + 1) * (wq + wr) <= max_tokens:
-            bins[-1].append(i)
-            width_q, width_r = wq, wr
-        else:
-            bins.append([i])
-            width_q, width_r = q[i], r[i]
+        if bins:
+            size = used + q[i] + r[i] if packed else (len(bins[-1]) + 1) * (wq + wr)
+            if size <= max_tokens:
+                bins[-1].append(i)
+                width_q, width_r, used = wq, wr, used + q[i] + r[i]
+                continue
+        bins.append([i])
+        width_q, width_r, used = q[i], r[i], q[i] + r[i]
     return [torch.tensor(b, dtype=torch.long) for b in bins]
 
 

@@ -266,7 +266,9 @@ class ExperienceMaker:
     def _micro_batches(self, rollout: Rollout) -> list[torch.Tensor]:
         r = self.cfg.rollout
         q_len, r_len = rollout.lengths()
-        micro = plan_micro_batches(q_len, r_len, max_samples=r.forward_batch_size, max_tokens=r.forward_tokens)
+        micro = plan_micro_batches(
+            q_len, r_len, max_samples=r.forward_batch_size, max_tokens=r.forward_tokens, packed=self.cfg.ppo.packing
+        )
         return equal_counts(self.accelerator, micro)
 
     def _gather_scored(self, rollout: Rollout, scores, valid, step: int, trained) -> Experience:

@@ -140,6 +140,10 @@ def build_learner(
         reference_role = Reference(zero.prepare_reference(accelerator, ref_model))
     if reference_role is not None:
         logger.info("reference: %s", reference_role.kind)
+    if cfg.ppo.packing:
+        policy_role.unwrapped.enable_packing()
+        if ref_model is not None:  # placed above (under ZeRO-3 inside its engine, hooks on this module)
+            ref_model.enable_packing()
     engine = None
     if prompts is not None:
         engine = build_rollout_engine(cfg, accelerator, policy_role, tokenizer)

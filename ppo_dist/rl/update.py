@@ -52,7 +52,11 @@ class PPOUpdate:
         q_len = exp.rollout.query_mask[local_idx].sum(1).cpu()
         r_len = exp.rollout.response_mask[local_idx].sum(1).cpu()  # forwarded widths, skipped samples too
         micro = plan_micro_batches(
-            q_len, r_len, max_samples=self.plan.local_micro_batch_size, max_tokens=self.cfg.ppo.micro_batch_tokens
+            q_len,
+            r_len,
+            max_samples=self.plan.local_micro_batch_size,
+            max_tokens=self.cfg.ppo.micro_batch_tokens,
+            packed=self.cfg.ppo.packing,
         )
         return [local_idx[m] for m in equal_counts(self.accelerator, micro)]
 
@@ -124,7 +128,7 @@ class PPOUpdate:
         critic = self.policy.has_critic
         with acc.accumulate(self.policy.model):
             with acc.autocast():
-                out = self.policy.score(part, entropy="grad" if p.entropy_coef else "metric", with_values=critic)
+                out = self.policy.score(part, entropy=self._entropy(exp.step), with_values=critic)
             T = out.logprobs.shape[1]
             mask = exp.loss_mask[idx, :T]
             weights = algos.loss_weights(p.loss_agg, mask, counts)
@@ -170,6 +174,15 @@ class PPOUpdate:
             if acc.sync_gradients:
                 self._optimizer_step()
         return metrics, out.logprobs.detach()
+
+    def _entropy(self, step: int) -> str:
+        """What the update's forwards compute of the entropy: differentiable for a bonus, for the metric
+        at the steps ``log.entropy_every`` asks for it, otherwise nothing (a softmax over the vocabulary
+        at every position saved)."""
+        if self.cfg.ppo.entropy_coef:
+            return "grad"
+        every = self.cfg.log.entropy_every
+        return "metric" if every and step % every == 0 else "none"
 
     def _gather_fresh_logprobs(self, exp: Experience, fresh: dict[int, torch.Tensor]) -> torch.Tensor:
         """On-policy shortcut: the logprobs each process computed in the update, in global order."""
