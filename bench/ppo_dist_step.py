@@ -39,6 +39,7 @@ def parse_args() -> argparse.Namespace:
         "--precision", choices=["no", "bf16"], default="no", help="accelerate mixed precision (bf16 autocast)"
     )
     ap.add_argument("--learning-rate", type=float, default=common.SETTINGS["learning_rate"])
+    ap.add_argument("--packing", action="store_true", help="ppo.packing: forwards on packed samples, not padded")
     ap.add_argument("--target", type=float, help="also stop once the --ma-step moving-average reward reaches this")
     ap.add_argument("--ma", type=int, default=5)
     ap.add_argument("--time-limit", type=float, help="stop after this many seconds of steps")
@@ -76,6 +77,7 @@ def main() -> None:
         log_with=None,
         max_new_tokens=S["max_new_tokens"],
         accelerator_kwargs={"mixed_precision": args.precision},
+        packing=args.packing,
     )
     trainer = PPOTrainer(config, model, None, tokenizer)  # ref_model=None: a frozen copy, as legacy's second load
     acc = trainer.accelerator
@@ -136,7 +138,8 @@ def main() -> None:
     summary = {
         "system": SYSTEM
         + ("" if acc.num_processes == 1 else f"-{acc.num_processes}proc")
-        + ("-bf16" if args.precision == "bf16" else ""),
+        + ("-bf16" if args.precision == "bf16" else "")
+        + ("-packed" if args.packing else ""),
         "shape": args.shape,
         "params": n_params,
         "processes": acc.num_processes,

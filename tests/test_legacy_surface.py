@@ -108,8 +108,9 @@ def assets(tmp_path_factory):
 def test_ppo_config_is_the_legacy_dataclass():
     fields = {f.name: f for f in dataclasses.fields(PPOConfig)}
     assert set(LEGACY_DEFAULTS) | {"exp_name"} <= set(fields)
-    assert set(fields) - set(LEGACY_DEFAULTS) == {"exp_name", "max_new_tokens", "output_dir"}
+    assert set(fields) - set(LEGACY_DEFAULTS) == {"exp_name", "max_new_tokens", "output_dir", "packing"}
     config = PPOConfig()
+    assert config.to_config().ppo.packing is False and PPOConfig(packing=True).to_config().ppo.packing is True
     for name, default in LEGACY_DEFAULTS.items():
         if name != "backward_batch_size":  # derived on construction, as in legacy trl
             assert getattr(config, name) == default, name

@@ -179,6 +179,9 @@ class PPOConfig:
     output_dir: str = _field(
         "runs/ppo_trainer", "ppo_dist: tracker logs go here when project_kwargs has no logging_dir."
     )
+    packing: bool = _field(
+        False, "ppo_dist: forward passes on samples packed end to end instead of padded (ppo.packing)."
+    )
 
     def __post_init__(self) -> None:
         for name in ("tracker_kwargs", "accelerator_kwargs", "project_kwargs", "push_to_hub_if_best_kwargs"):
@@ -315,6 +318,7 @@ class PPOConfig:
             self.vf_coef,
         )
         p.gamma, p.lam, p.whiten_rewards = self.gamma, self.lam, self.whiten_rewards
+        p.packing = self.packing
         p.gradient_accumulation_steps = self.gradient_accumulation_steps
         # Legacy: an optimiser step every mini_batch_size * gradient_accumulation_steps samples per process.
         p.mini_batch_size = self.mini_batch_size * self.gradient_accumulation_steps * W
