@@ -87,6 +87,8 @@ def test_zero_stage_matches_ddp_and_resumes_exactly(name, ddp_run, tmp_path):
     for a, b in zip(final_params(tmp_path), final_params(ddp_run), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # The step-2 checkpoint (DeepSpeed engine state, scheduler, RNG) continues to the same final weights.
+    if name == "zero1":  # DeepSpeed's stages 1 and 2 share one optimizer and checkpoint format: zero2 resumes it
+        return
     resumed = tmp_path / "resumed"
     run_config(name, resumed, [*COMPARED_ARGS, "--checkpoint.resume", str(tmp_path / "checkpoints" / "step_2")])
     assert (resumed / "checkpoints" / "step_3" / "COMPLETE").exists()
