@@ -133,6 +133,8 @@ def test_vllm_engine_without_vllm_is_a_one_line_config_error_naming_the_extra(tm
 def test_engine_correction_needs_an_engine_with_its_own_weights():
     with pytest.raises(ConfigError, match="rollout.engine_correction=tis corrects for an engine with its own copy"):
         validate(from_dict({"rollout": {"engine_correction": "tis"}}))
+    with pytest.raises(ConfigError, match="rollout.decode=compiled picks the hf engine's decoding"):
+        validate(from_dict({"rollout": {"engine": "vllm", "decode": "compiled"}}))
     with pytest.raises(ConfigError, match="ppo.dual_clip must be > 1"):
         validate(from_dict({"ppo": {"dual_clip": 0.5}}))
     with pytest.raises(ConfigError, match="ppo.scale_rewards=batch applies to ppo.advantage_estimator=grpo only"):

@@ -61,6 +61,11 @@ def _validate_engine(r) -> None:
         f"rollout.engine_correction={r.engine_correction} corrects for an engine with its own copy of the policy; "
         "rollout.engine=hf samples from the policy itself (set rollout.engine vllm, or engine_correction none)",
     )
+    check(
+        r.engine == "hf" or r.decode == "loop",
+        f"rollout.decode={r.decode} picks the hf engine's decoding; rollout.engine={r.engine} decodes in its own "
+        "engine (leave rollout.decode at its default, loop)",
+    )
     if r.engine != "vllm":
         return
     check(
