@@ -34,6 +34,9 @@ def test_layout_places_every_real_token_once_and_keeps_each_sample_contiguous():
     assert (layout.rows, layout.width, layout.fill) == (2, 4, 1.0)
     assert layout.source.tolist() == [1, 2, 3, 4, 6, 7, 16, 17]  # row-major in the padded (3 x 6) layout
     assert layout.dest.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]  # the two 2s share the second row
+    assert layout.pays(mask.numel())  # 8 slots for 18 padded
+    # Samples each longer than half the longest get a row each: no fewer slots, so they run padded.
+    assert not packed_layout(torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 0]])).pays(12)
 
 
 def test_packed_budget_counts_real_tokens():
@@ -49,6 +52,8 @@ def test_packed_scores_and_gradients_equal_the_padded_ones(lora):
     learner, tok = tiny_learner(["--model.lora.r", "4"] if lora else [])
     model = learner.policy.unwrapped
     ro = _rollout(tok.pad_token_id)
+    mask = torch.cat([ro.query_mask, ro.response_mask], dim=1)
+    assert packed_layout(mask).pays(mask.numel())  # the packed path is the one taken below
     results = []
     for packing in (False, True):
         model.packing = packing

@@ -8,8 +8,13 @@ position ids (sdpa / eager), or runs flash-attention's variable-length kernel, s
 across samples. The hidden states go back to the padded layout, so everything after the body (heads,
 logprobs, values, losses) is the padded path's.
 
+A micro-batch whose packing would not shrink it by :data:`MIN_SAVING` of its padded slots (samples of
+about equal length, or each longer than half the longest) runs padded: the packed rows would cost the same
+matmuls plus the index copies and the block-diagonal mask.
+
 Models whose attention does not read packed position ids would mix samples silently;
-:func:`check_packing` compares the two layouts once when ``ppo.packing`` is on.
+:meth:`~ppo_dist.models.value_head.ValueHeadModel.enable_packing` compares the two layouts once when
+``ppo.packing`` is on.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+MIN_SAVING = 0.1  # pack only when it removes at least this share of the padded layout's slots
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,10 @@ class PackedLayout:
     def fill(self) -> float:
         """Real tokens over packed slots (1.0: no padding left)."""
         return len(self.dest) / (self.rows * self.width)
+
+    def pays(self, padded_slots: int) -> bool:
+        """Whether the packed rows are at least :data:`MIN_SAVING` smaller than the padded batch."""
+        return self.rows * self.width <= (1 - MIN_SAVING) * padded_slots
 
 
 def first_fit_rows(lengths: list[int], width: int) -> tuple[list[int], list[int], int]:
@@ -65,11 +76,11 @@ def packed_layout(mask: torch.Tensor) -> PackedLayout:
     return PackedLayout(rows=rows, width=width, source=source, dest=dest)
 
 
-def packed_hidden(body, input_ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """``body``'s last hidden state for a padded ``(B, L)`` batch, computed on packed rows; ``(B, L, d)``
-    with zeros at the padding. ``position_ids`` are the padded layout's (0 at each sample's first token)."""
+def packed_hidden(body, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+    """``body``'s last hidden state for a padded ``(B, L)`` batch, computed on the packed rows of ``layout``
+    (:func:`packed_layout` of its mask); ``(B, L, d)`` with zeros at the padding. ``position_ids`` are the
+    padded layout's (0 at each sample's first token)."""
     B, L = input_ids.shape
-    layout = packed_layout(mask)
     slots = layout.rows * layout.width
     # Free slots at a row's end get position 0 each: every one is a sequence of its own, seen by nobody.
     ids = input_ids.new_zeros(slots).index_copy(0, layout.dest, input_ids.reshape(-1)[layout.source])

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from .. import algos
 from .loading import ModelLoadError, load_causal_lm
 from .lora import save_merged_lora
-from .packing import packed_hidden
+from .packing import packed_hidden, packed_layout
 
 VALUE_HEAD_FILE = "value_head.pt"
 
@@ -244,8 +244,9 @@ class CausalLMWithValueHead(ValueHeadModel):
         attention_mask = torch.cat([query_mask, response_mask], dim=1)
         position_ids = (attention_mask.cumsum(1) - 1).clamp_min(0)
         body = self.hf_model.base_model
-        if self.packing:
-            hidden = packed_hidden(body, input_ids, attention_mask, position_ids)
+        layout = packed_layout(attention_mask) if self.packing else None
+        if layout is not None and layout.pays(attention_mask.numel()):
+            hidden = packed_hidden(body, input_ids, position_ids, layout)
         else:
             hidden = body(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
