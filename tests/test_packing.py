@@ -4,7 +4,7 @@ import pytest
 import torch
 import transformers.masking_utils
 
-from ppo_dist.models import ModelLoadError
+from ppo_dist.models import ModelLoadError, value_head
 from ppo_dist.models.packing import first_fit_rows, packed_layout
 from ppo_dist.rl.batching import plan_micro_batches
 from ppo_dist.rl.rollout import Rollout, left_pad, right_pad
@@ -30,13 +30,12 @@ def test_layout_places_every_real_token_once_and_keeps_each_sample_contiguous():
     rows, offsets, n_rows = first_fit_rows([6, 2, 4, 5, 1], width=6)  # longest first: 6 | 5 1 | 4 2
     assert n_rows == 3 and list(zip(rows, offsets, strict=True)) == [(0, 0), (2, 4), (2, 0), (1, 0), (1, 5)]
     mask = torch.tensor([[0, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1]])  # lengths 4, 2, 2
-    layout = packed_layout(mask)
+    layout = packed_layout(mask)  # 8 slots for 18 padded
     assert (layout.rows, layout.width, layout.fill) == (2, 4, 1.0)
     assert layout.source.tolist() == [1, 2, 3, 4, 6, 7, 16, 17]  # row-major in the padded (3 x 6) layout
     assert layout.dest.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]  # the two 2s share the second row
-    assert layout.pays(mask.numel())  # 8 slots for 18 padded
     # Samples each longer than half the longest get a row each: no fewer slots, so they run padded.
-    assert not packed_layout(torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 0]])).pays(12)
+    assert packed_layout(torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 0]])) is None
 
 
 def test_packed_budget_counts_real_tokens():
@@ -53,7 +52,7 @@ def test_packed_scores_and_gradients_equal_the_padded_ones(lora):
     model = learner.policy.unwrapped
     ro = _rollout(tok.pad_token_id)
     mask = torch.cat([ro.query_mask, ro.response_mask], dim=1)
-    assert packed_layout(mask).pays(mask.numel())  # the packed path is the one taken below
+    assert packed_layout(mask) is not None  # the packed path is the one taken below
     results = []
     for packing in (False, True):
         model.packing = packing
@@ -78,7 +77,10 @@ def test_packed_scores_and_gradients_equal_the_padded_ones(lora):
         torch.testing.assert_close(packed_grads[n], g, rtol=1e-4, atol=1e-5, msg=n)
 
 
-def test_an_update_with_packing_equals_the_padded_update():
+def test_an_update_with_packing_equals_the_padded_update(monkeypatch):
+    packed_forwards = []
+    forward = value_head.packed_hidden
+    monkeypatch.setattr(value_head, "packed_hidden", lambda *a: packed_forwards.append(1) or forward(*a))
     runs = []
     for packing in ("false", "true"):
         learner, tok = tiny_learner([*UPDATE, "--ppo.packing", packing], batch_size=6)
@@ -90,6 +92,7 @@ def test_an_update_with_packing_equals_the_padded_update():
         after = [p.detach().clone() for p in learner.policy.unwrapped.parameters()]
         runs.append((stats, after, max(float((a - b).abs().max()) for a, b in zip(after, before, strict=True))))
     (padded, padded_params, moved), (packed, packed_params, _) = runs
+    assert len(packed_forwards) >= 3  # micro-batches of the passes and of the update ran packed, not all padded
     assert moved > 1e-4
     for key in ("ppo/loss/total", "ppo/policy/approxkl", "ppo/policy/entropy", "objective/kl", "ppo/val/vpred"):
         assert packed[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-6), key

@@ -40,10 +40,6 @@ class PackedLayout:
         """Real tokens over packed slots (1.0: no padding left)."""
         return len(self.dest) / (self.rows * self.width)
 
-    def pays(self, padded_slots: int) -> bool:
-        """Whether the packed rows are at least :data:`MIN_SAVING` smaller than the padded batch."""
-        return self.rows * self.width <= (1 - MIN_SAVING) * padded_slots
-
 
 def first_fit_rows(lengths: list[int], width: int) -> tuple[list[int], list[int], int]:
     """Row and offset of each sample (first-fit decreasing into rows of ``width`` tokens) and the row count."""
@@ -59,13 +55,16 @@ def first_fit_rows(lengths: list[int], width: int) -> tuple[list[int], list[int]
     return row_of, offset_of, len(used)
 
 
-def packed_layout(mask: torch.Tensor) -> PackedLayout:
-    """The packing of the real (``mask`` 1) tokens of each row of ``mask`` (B, L); rows are as wide
-    as the longest sample. One host read of the lengths."""
+def packed_layout(mask: torch.Tensor) -> PackedLayout | None:
+    """The packing of the real (``mask`` 1) tokens of each row of ``mask`` (B, L), rows as wide as the
+    longest sample; None when it would not remove :data:`MIN_SAVING` of the ``B x L`` slots (nothing
+    else is computed then). One host read of the lengths."""
     real = mask.bool()
     lengths = real.sum(1)
     width = int(lengths.max())
     row_of, offset_of, rows = first_fit_rows(lengths.tolist(), width)
+    if rows * width > (1 - MIN_SAVING) * mask.numel():
+        return None
     device = mask.device
     starts = torch.tensor([r * width + o for r, o in zip(row_of, offset_of, strict=True)], device=device)
     # The real tokens in row-major order of the padded layout; each sample's are contiguous in the packed one.

@@ -135,6 +135,11 @@ class ValueHeadModel(nn.Module):
             logits = logits * scale
         return logits
 
+    def _self_check_tolerance(self) -> float:
+        """Tolerance of the start-up checks between two ways of scoring the same tokens: 16-bit weights
+        (DeepSpeed bf16/fp16, a model loaded in half precision) round the two paths differently."""
+        return 1e-4 if self.hf_model.get_output_embeddings().weight.dtype == torch.float32 else 5e-2
+
     @torch.no_grad()
     def check_scoring_matches_logits(self) -> None:
         """The hidden-state + head path must reproduce the model's own logits (it would not for an
@@ -150,8 +155,7 @@ class ValueHeadModel(nn.Module):
             # autocast, while the model's own logits below are computed in the weights' dtype.
             scored = self._score(q, ones[:, :3], r, ones[:, 3:], entropy="none", with_values=False)
             expected = algos.logprobs_from_logits(self._model_logits(q, r), r)
-            # 16-bit weights (DeepSpeed bf16/fp16, a model loaded in half precision): the two paths round differently.
-            tol = 1e-4 if self.hf_model.get_output_embeddings().weight.dtype == torch.float32 else 5e-2
+            tol = self._self_check_tolerance()
             if not torch.allclose(scored.logprobs, expected, rtol=tol, atol=tol):
                 error = (scored.logprobs - expected).abs().max().item()
                 raise ModelLoadError(
@@ -182,9 +186,8 @@ class ValueHeadModel(nn.Module):
             packed = self._score(q, q_mask, r, r_mask, entropy="none", with_values=False).logprobs
         finally:
             self.train(was_training)
-        tol = 1e-4 if self.hf_model.get_output_embeddings().weight.dtype == torch.float32 else 5e-2
         error = ((packed - padded) * r_mask).abs().max().item()
-        if error > tol:
+        if error > self._self_check_tolerance():
             self.packing = False
             raise ModelLoadError(
                 f"{type(self.hf_model).__name__}: packed samples score differently from padded ones (max error "
@@ -245,7 +248,7 @@ class CausalLMWithValueHead(ValueHeadModel):
         position_ids = (attention_mask.cumsum(1) - 1).clamp_min(0)
         body = self.hf_model.base_model
         layout = packed_layout(attention_mask) if self.packing else None
-        if layout is not None and layout.pays(attention_mask.numel()):
+        if layout is not None:
             hidden = packed_hidden(body, input_ids, position_ids, layout)
         else:
             hidden = body(
