@@ -559,6 +559,8 @@ def _clip_metrics(
     valid = mask > 0
     big = torch.finfo(ratio.dtype).max
     one = ratio.new_ones(())
+    # The extremes over valid tokens, 1 where there is none: chosen on the device, no host read.
+    r, v = (ratio, valid) if ratio.numel() else (one.reshape(1), valid.new_zeros(1))
     return {
         "policy/clipfrac": (clipped.float() * w).sum(),
         "policy/clipfrac_low": ((clipped & (ratio < 1.0)).float() * w).sum(),
@@ -566,8 +568,8 @@ def _clip_metrics(
         "policy/approxkl": (0.5 * log_ratio**2 * w).sum(),
         "policy/policykl": (-log_ratio * w).sum(),
         "policy/ratio": (ratio * w).sum(),
-        "policy/ratio_min": torch.where(valid, ratio, big).min() if valid.any() else one,
-        "policy/ratio_max": torch.where(valid, ratio, -big).max() if valid.any() else one,
+        "policy/ratio_min": torch.where(v.any(), torch.where(v, r, big).min(), one),
+        "policy/ratio_max": torch.where(v.any(), torch.where(v, r, -big).max(), one),
         "policy/log_ratio_clamped": ((log_ratio.abs() > LOG_RATIO_CLAMP).float() * w).sum(),
     }
 

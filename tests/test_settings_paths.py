@@ -27,9 +27,9 @@ def _rollout(tok) -> Rollout:
 def _micro_batch_order(learner) -> list[list[int]]:
     seen, step = [], learner.update._micro_step
 
-    def recording(exp, idx, *args):
-        seen.append(idx.tolist())
-        return step(exp, idx, *args)
+    def recording(exp, micro, *args):
+        seen.append(micro.idx.tolist())
+        return step(exp, micro, *args)
 
     learner.update._micro_step = recording
     learner.step(_rollout(learner.experience.tokenizer), torch.tensor([1.0, 0.0, 0.5, 0.2]))

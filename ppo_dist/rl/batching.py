@@ -66,8 +66,13 @@ def split_to_count(micro_batches: list[torch.Tensor], count: int) -> list[torch.
 def equal_counts(accelerator, micro_batches: list[torch.Tensor]) -> list[torch.Tensor]:
     """``micro_batches`` split (:func:`split_to_count`) to the largest count of any process under
     DeepSpeed (one small all-reduce); unchanged otherwise."""
+    return equal_counts_all(accelerator, [micro_batches])[0]
+
+
+def equal_counts_all(accelerator, plans: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """:func:`equal_counts` for several mini-batches at once: one all-reduce of their counts."""
     if not zero.zero_stage(accelerator):
-        return micro_batches
-    local = torch.tensor([float(len(micro_batches))], device=accelerator.device)
-    count = int(distributed.reduce_max(accelerator, local).item())
-    return split_to_count(micro_batches, count)
+        return plans
+    local = torch.tensor([float(len(m)) for m in plans], device=accelerator.device)
+    counts = distributed.reduce_max(accelerator, local).tolist()
+    return [split_to_count(m, int(c)) for m, c in zip(plans, counts, strict=True)]

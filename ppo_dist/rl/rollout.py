@@ -77,11 +77,16 @@ class Rollout:
     def __len__(self) -> int:
         return self.responses.shape[0]
 
-    def select(self, idx: torch.Tensor) -> Rollout:
-        """Rows ``idx``, with columns that are padding in every selected row dropped."""
+    def select(self, idx: torch.Tensor, widths: tuple[int, int] | None = None) -> Rollout:
+        """Rows ``idx``, with columns that are padding in every selected row dropped. ``widths``: the
+        rows' longest query and response, where the caller knows them (then nothing is read back from
+        the device); otherwise they are read from the masks."""
         q, qm, r, rm = self.queries[idx], self.query_mask[idx], self.responses[idx], self.response_mask[idx]
-        q_start = int((qm.sum(0) > 0).nonzero()[0]) if qm.any() else qm.shape[1] - 1
-        r_end = max(1, int(rm.sum(1).max())) if len(rm) else 1
+        if widths is None:
+            q_start = int((qm.sum(0) > 0).nonzero()[0]) if qm.any() else qm.shape[1] - 1
+            r_end = max(1, int(rm.sum(1).max())) if len(rm) else 1
+        else:  # queries are left-padded: the longest one starts the kept columns
+            q_start, r_end = min(qm.shape[1] - widths[0], qm.shape[1] - 1), max(1, widths[1])
         engine = None if self.engine_logprobs is None else self.engine_logprobs[idx, :r_end]
         return Rollout(q[:, q_start:], qm[:, q_start:], r[:, :r_end], rm[:, :r_end], engine)
 

@@ -12,18 +12,28 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from accelerate.utils import DistributedType
 
 from .. import algos
 from ..config import BatchPlan, Config
 from ..runtime import distributed, zero
-from .batching import equal_counts, plan_micro_batches
+from .batching import equal_counts_all, plan_micro_batches
 from .experience import Experience
 from .roles import Policy
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Global sample indices of one forward/backward, and their longest query and response."""
+
+    idx: torch.Tensor
+    widths: tuple[int, int]
 
 
 class PPOUpdate:
@@ -35,42 +45,50 @@ class PPOUpdate:
         self.global_step = 0  # PPO steps done
         self.skipped_updates = 0  # optimiser steps skipped for a non-finite gradient norm
         self.micro_batch_counts: list[int] = []  # this process's micro-batches per mini-batch, last step
+        # Where the fused AdamW can skip a non-finite update itself (see _optimizer_step), the decision
+        # stays on the device: with a constant schedule (a skipped step cannot shift the learning rate),
+        # no fp16 loss scaler (it decides skips itself) and no DeepSpeed (its engine steps in backward).
+        inner = getattr(optimizer, "optimizer", optimizer)
+        self._skip_on_device = bool(
+            accelerator.distributed_type != DistributedType.DEEPSPEED
+            and getattr(inner, "defaults", {}).get("fused")
+            and accelerator.scaler is None
+            and cfg.optim.lr_scheduler == "constant"
+            and cfg.optim.warmup_steps == 0
+        )
+        self._skipped_on_device = torch.zeros((), device=accelerator.device)  # this PPO step's skips
 
     def step(self, exp: Experience) -> dict[str, torch.Tensor | float]:
         """One PPO update on ``exp`` (filling ``exp.logprobs`` under the on-policy shortcut); returns
         the loss statistics (``ppo/*``, 0-d tensors) and the schedule's state (floats)."""
         t0 = time.perf_counter()
         metrics: dict[str, torch.Tensor | float] = {f"ppo/{k}": v for k, v in self._optimize(exp).items()}
+        if self._skip_on_device:  # the step's one host read of its skipped updates
+            skipped = int(self._skipped_on_device.item())
+            self._skipped_on_device.zero_()
+            if skipped:
+                self.skipped_updates += skipped
+                logger.warning(
+                    "non-finite gradient norm at step %d: %d optimiser update(s) skipped", self.global_step + 1, skipped
+                )
         metrics["ppo/learning_rate"] = self.scheduler.get_last_lr()[0]
         metrics["ppo/skipped_updates"] = float(self.skipped_updates)
         metrics["time/update"] = time.perf_counter() - t0
         self.global_step += 1
         return metrics
 
-    def _micro_batches(self, exp: Experience, local_idx: torch.Tensor) -> list[torch.Tensor]:
-        """This process's share of a mini-batch as micro-batches of global sample indices."""
-        q_len = exp.rollout.query_mask[local_idx].sum(1).cpu()
-        r_len = exp.rollout.response_mask[local_idx].sum(1).cpu()  # forwarded widths, skipped samples too
-        micro = plan_micro_batches(
-            q_len,
-            r_len,
-            max_samples=self.plan.local_micro_batch_size,
-            max_tokens=self.cfg.ppo.micro_batch_tokens,
-            packed=self.cfg.ppo.packing,
-        )
-        return [local_idx[m] for m in equal_counts(self.accelerator, micro)]
+    def _schedule(self, exp: Experience) -> list[tuple[torch.Tensor, list[MicroBatch]]]:
+        """Every mini-batch of the step (global sample indices, drawn by a permutation shared by all
+        processes) with this process's share of it as micro-batches (a fixed count or a token budget).
 
-    def _optimize(self, exp: Experience) -> dict[str, torch.Tensor]:
-        """The PPO epochs; returns the mean of every loss statistic over the optimiser steps."""
+        Planned before the first forward: the sample lengths come to the host once per step and, under
+        DeepSpeed, the processes agree on every mini-batch's micro-batch count in one all-reduce, so
+        the PPO epochs themselves read nothing back."""
         acc, p, plan = self.accelerator, self.cfg.ppo, self.plan
-        rank = acc.process_index
-        shortcut = exp.logprobs is None  # on-policy shortcut: the first forward gives the old logprobs
-        mask = exp.loss_mask
-        sums: dict[str, torch.Tensor] = {}  # token-weighted means (weights sum to 1 per mini-batch)
-        extremes: dict[str, torch.Tensor] = {}  # "*_max" as is, "*_min" negated: reduced by max
-        fresh_logprobs: dict[int, torch.Tensor] = {}
-        self.micro_batch_counts = []
-        self.policy.model.train()
+        rank, per_rank = acc.process_index, plan.local_mini_batch_size
+        rollout = exp.rollout  # forwarded widths, skipped samples too
+        q_len, r_len = torch.stack([rollout.query_mask.sum(1), rollout.response_mask.sum(1)]).cpu()
+        mini_batches, micro = [], []
         for epoch in range(p.ppo_epochs):
             if p.shuffle:
                 gen = torch.Generator().manual_seed(distributed.seed_for(self.cfg.train.seed, exp.step - 1, epoch))
@@ -78,30 +96,59 @@ class PPOUpdate:
             else:
                 order = torch.arange(plan.batch_size)
             for mb_start in range(0, plan.batch_size, plan.mini_batch_size):
-                mb_idx = order[mb_start : mb_start + plan.mini_batch_size].to(mask.device)
-                mb_mask = mask[mb_idx]
-                # Counts of the whole global mini-batch: every micro-batch's loss is weighted by them.
-                counts = algos.MiniBatchCounts(
-                    num_tokens=mb_mask.sum().float(),
-                    num_seqs=(mb_mask.sum(1) > 0).sum().float(),
-                    horizon=self.cfg.rollout.max_new_tokens,
+                mb_idx = order[mb_start : mb_start + plan.mini_batch_size]
+                local_idx = mb_idx[rank * per_rank : (rank + 1) * per_rank]
+                parts = plan_micro_batches(
+                    q_len[local_idx],
+                    r_len[local_idx],
+                    max_samples=plan.local_micro_batch_size,
+                    max_tokens=p.micro_batch_tokens,
+                    packed=p.packing,
                 )
-                local_idx = mb_idx[rank * plan.local_mini_batch_size : (rank + 1) * plan.local_mini_batch_size]
-                micro = self._micro_batches(exp, local_idx)
-                self.micro_batch_counts.append(len(micro))
-                # accelerate syncs gradients (and DeepSpeed steps) at the last micro-batch of this process.
-                acc.gradient_accumulation_steps = len(micro)
-                acc.step = 0
-                for idx in micro:
-                    metrics, logprobs = self._micro_step(exp, idx, counts, len(micro), shortcut)
-                    for k, v in metrics.items():
-                        if k.endswith(("_max", "_min")):
-                            v = v if k.endswith("_max") else -v
-                            extremes[k] = torch.maximum(extremes[k], v) if k in extremes else v
-                        else:
-                            sums[k] = sums.get(k, 0.0) + v
-                    if shortcut:
-                        fresh_logprobs.update({int(i): lp for i, lp in zip(idx.tolist(), logprobs, strict=True)})
+                mini_batches.append(mb_idx)
+                micro.append([local_idx[m] for m in parts])
+        device = exp.loss_mask.device
+
+        def micro_batch(idx: torch.Tensor) -> MicroBatch:
+            return MicroBatch(idx.to(device), (int(q_len[idx].max()), int(r_len[idx].max())))
+
+        return [
+            (mb.to(device), [micro_batch(m) for m in parts])
+            for mb, parts in zip(mini_batches, equal_counts_all(acc, micro), strict=True)
+        ]
+
+    def _optimize(self, exp: Experience) -> dict[str, torch.Tensor]:
+        """The PPO epochs; returns the mean of every loss statistic over the optimiser steps."""
+        acc, p, plan = self.accelerator, self.cfg.ppo, self.plan
+        shortcut = exp.logprobs is None  # on-policy shortcut: the first forward gives the old logprobs
+        mask = exp.loss_mask
+        sums: dict[str, torch.Tensor] = {}  # token-weighted means (weights sum to 1 per mini-batch)
+        extremes: dict[str, torch.Tensor] = {}  # "*_max" as is, "*_min" negated: reduced by max
+        fresh_logprobs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (indices, logprobs) per micro-batch
+        schedule = self._schedule(exp)
+        self.micro_batch_counts = [len(micro) for _, micro in schedule]
+        self.policy.model.train()
+        for mb_idx, micro in schedule:
+            mb_mask = mask[mb_idx]
+            # Counts of the whole global mini-batch: every micro-batch's loss is weighted by them.
+            counts = algos.MiniBatchCounts(
+                num_tokens=mb_mask.sum().float(),
+                num_seqs=(mb_mask.sum(1) > 0).sum().float(),
+                horizon=self.cfg.rollout.max_new_tokens,
+            )
+            # accelerate syncs gradients (and DeepSpeed steps) at the last micro-batch of this process.
+            acc.gradient_accumulation_steps = len(micro)
+            acc.step = 0
+            for part in micro:
+                metrics, logprobs = self._micro_step(exp, part, counts, len(micro), shortcut)
+                for k, v in metrics.items():
+                    if k.endswith(("_max", "_min")):
+                        v = v if k.endswith("_max") else -v
+                        extremes[k] = torch.maximum(extremes[k], v) if k in extremes else v
+                    else:
+                        sums[k] = sums.get(k, 0.0) + v
+                if shortcut:
+                    fresh_logprobs.append((part.idx, logprobs))
         if shortcut:
             exp.logprobs = self._gather_fresh_logprobs(exp, fresh_logprobs)
         keys = sorted(sums)
@@ -113,7 +160,7 @@ class PPOUpdate:
             out.update({k: v if k.endswith("_max") else -v for k, v in zip(names, reduced, strict=True)})
         return out
 
-    def _micro_step(self, exp: Experience, idx, counts, num_micro: int, shortcut: bool):
+    def _micro_step(self, exp: Experience, micro: MicroBatch, counts, num_micro: int, shortcut: bool):
         """Forward/backward on one micro-batch; optimiser step when this process's last micro-batch
         of the mini-batch is done.
 
@@ -124,7 +171,8 @@ class PPOUpdate:
         """
         acc, p, r = self.accelerator, self.cfg.ppo, self.cfg.rollout
         kl_in_loss = exp.ref_logprobs is not None and p.kl_placement == "loss"
-        part = exp.rollout.select(idx)
+        idx = micro.idx
+        part = exp.rollout.select(idx, micro.widths)
         critic = self.policy.has_critic
         with acc.accumulate(self.policy.model):
             with acc.autocast():
@@ -184,14 +232,12 @@ class PPOUpdate:
         every = self.cfg.log.entropy_every
         return "metric" if every and step % every == 0 else "none"
 
-    def _gather_fresh_logprobs(self, exp: Experience, fresh: dict[int, torch.Tensor]) -> torch.Tensor:
+    def _gather_fresh_logprobs(self, exp: Experience, fresh: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """On-policy shortcut: the logprobs each process computed in the update, in global order."""
         acc = self.accelerator
         B, T = exp.rollout.responses.shape
-        idx = torch.tensor(sorted(fresh), dtype=torch.long, device=acc.device)
-        local = torch.zeros(len(idx), T, device=acc.device)
-        for row, i in enumerate(idx.tolist()):
-            local[row, : len(fresh[i])] = fresh[i].float()
+        idx = torch.cat([i for i, _ in fresh])
+        local = torch.cat([F.pad(lp.float(), (0, T - lp.shape[1])) for _, lp in fresh])
         all_idx = distributed.gather_1d(acc, idx)
         all_lp = distributed.gather_padded(acc, local)
         out = torch.zeros(B, T, device=acc.device)
@@ -221,6 +267,16 @@ class PPOUpdate:
         else:  # no clipping: the norm only for the finite check (clip_grad_norm_ would also scale every grad by 1)
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         # Gradients are already all-reduced, so every process sees the same norm and skips together.
+        if self._skip_on_device:
+            # found_inf = 1 makes the fused AdamW leave parameters, moments and its step count as they
+            # are (as under a GradScaler): no host read per optimiser step; step() counts the skips.
+            found = (~torch.isfinite(torch.as_tensor(grad_norm))).float().reshape(())
+            getattr(self.optimizer, "optimizer", self.optimizer).found_inf = found
+            self.optimizer.step()
+            self.scheduler.step()
+            self._skipped_on_device += found
+            self.optimizer.zero_grad(set_to_none=True)
+            return
         finite = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)).item())
         if not finite and zero.zero_stage(acc):
             # The DeepSpeed engine has already stepped inside backward(): nothing left to skip.
