@@ -87,8 +87,10 @@ class Rollout:
             r_end = max(1, int(rm.sum(1).max())) if len(rm) else 1
         else:  # queries are left-padded: the longest one starts the kept columns
             q_start, r_end = min(qm.shape[1] - widths[0], qm.shape[1] - 1), max(1, widths[1])
-        engine = None if self.engine_logprobs is None else self.engine_logprobs[idx, :r_end]
-        return Rollout(q[:, q_start:], qm[:, q_start:], r[:, :r_end], rm[:, :r_end], engine)
+        engine = None if self.engine_logprobs is None else self.engine_logprobs[idx, :r_end].contiguous()
+        # Contiguous, so a compiled forward (train.compile) sees the strides of the shapes it compiled for.
+        q, qm, r, rm = (t.contiguous() for t in (q[:, q_start:], qm[:, q_start:], r[:, :r_end], rm[:, :r_end]))
+        return Rollout(q, qm, r, rm, engine)
 
     def lengths(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.query_mask.sum(1), self.response_mask.sum(1)
