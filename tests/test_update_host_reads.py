@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ppo_dist
-from ppo_dist.rl import update
+from ppo_dist.rl import roles, update
 from ppo_dist.rl.rollout import Rollout, left_pad, right_pad
 
 from .learners import tiny_learner
@@ -129,3 +129,17 @@ def test_a_non_finite_update_is_skipped_on_the_device_and_counted_once_per_step(
     assert learner.update.skipped_updates == 4
     assert all(float(s["step"]) == 4 for s in inner.state.values())
     assert max(float((p.detach() - b).abs().max()) for p, b in zip(params, before, strict=True)) > 1e-5
+
+
+def test_the_scoring_passes_read_the_masks_once_per_pass_not_per_micro_batch(monkeypatch):
+    learner, tok = tiny_learner(UPDATE, batch_size=4)  # forward_batch_size 1: 4 micro-batches per pass
+    reads = _reads_by_ppo_dist(monkeypatch)
+    exp = learner.experience.from_rollout(_rollout(tok.pad_token_id), SCORES, step=1)
+    monkeypatch.undo()
+    assert exp.logprobs is not None and exp.ref_logprobs is not None and exp.values is not None
+    assert not [r for r in reads if r[1].startswith("rollout.py")]  # select() is given the widths
+    # The policy's pass (logprobs and values) and the reference's read the lengths once each; what else
+    # roles.py reads are the plan's own host-side indices.
+    source = Path(roles.__file__).read_text().splitlines()
+    line = next(n for n, text in enumerate(source, 1) if "the pass's one read of the masks" in text)
+    assert reads.count(("tolist", f"roles.py:{line}")) == 2, reads

@@ -47,9 +47,11 @@ def score_in_micro_batches(
     device = rollout.responses.device
     logprobs = torch.zeros(B, Lr, device=device)
     values = torch.zeros(B, Lr, device=device) if with_values else None
+    q_len, r_len = torch.stack(rollout.lengths()).tolist()  # the pass's one read of the masks
     for idx in micro_batches:
+        rows = idx.tolist()  # the plan's indices (host-side)
         idx = idx.to(device)
-        part = rollout.select(idx)
+        part = rollout.select(idx, (max(q_len[i] for i in rows), max(r_len[i] for i in rows)))
         with context():
             out = score(model, part, with_values=with_values)
         n = out.logprobs.shape[1]
