@@ -106,7 +106,7 @@ def test_the_ppo_epochs_read_nothing_back_per_micro_batch(monkeypatch, setting):
     per_micro_batch = [r for r in reads if r[1] not in PER_STEP]
     assert not per_micro_batch, per_micro_batch
     # Once per step: the lengths for the plan (one read; then host-side work on them), the skip count.
-    assert ("cpu", "_schedule") in reads and reads.count(("item", "step")) == 1
+    assert reads.count(("cpu", "_schedule")) == 1 and reads.count(("item", "step")) == 1
 
 
 def test_a_non_finite_update_is_skipped_on_the_device_and_counted_once_per_step(learner_and_experience, caplog):
@@ -143,3 +143,18 @@ def test_the_scoring_passes_read_the_masks_once_per_pass_not_per_micro_batch(mon
     source = Path(roles.__file__).read_text().splitlines()
     line = next(n for n, text in enumerate(source, 1) if "the pass's one read of the masks" in text)
     assert reads.count(("tolist", f"roles.py:{line}")) == 2, reads
+
+
+def test_select_with_the_planned_widths_equals_select_from_the_masks():
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(50):
+        n = int(torch.randint(1, 6, (1,), generator=gen))
+        q_lens, r_lens = torch.randint(0, 6, (n,), generator=gen), torch.randint(0, 6, (n,), generator=gen)
+        queries = [torch.randint(3, 200, (int(k),), generator=gen) for k in q_lens]
+        responses = [torch.randint(3, 200, (int(k),), generator=gen) for k in r_lens]
+        rollout = Rollout(*left_pad(queries, 1), *right_pad(responses, 1))
+        idx = torch.randperm(n, generator=gen)[: int(torch.randint(1, n + 1, (1,), generator=gen))]
+        widths = (int(q_lens[idx].max()), int(r_lens[idx].max()))
+        planned, from_masks = rollout.select(idx, widths), rollout.select(idx)
+        for a, b in zip(vars(planned).values(), vars(from_masks).values(), strict=True):
+            assert (a is None and b is None) or torch.equal(a, b)

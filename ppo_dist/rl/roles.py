@@ -51,7 +51,8 @@ def score_in_micro_batches(
     for idx in micro_batches:
         rows = idx.tolist()  # the plan's indices (host-side)
         idx = idx.to(device)
-        part = rollout.select(idx, (max(q_len[i] for i in rows), max(r_len[i] for i in rows)))
+        widths = tuple(int(max((lengths[i] for i in rows), default=0)) for lengths in (q_len, r_len))
+        part = rollout.select(idx, widths)
         with context():
             out = score(model, part, with_values=with_values)
         n = out.logprobs.shape[1]

@@ -271,8 +271,10 @@ class PPOUpdate:
             # found_inf = 1 makes the fused AdamW leave parameters, moments and its step count as they
             # are (as under a GradScaler): no host read per optimiser step; step() counts the skips.
             found = (~torch.isfinite(torch.as_tensor(grad_norm))).float().reshape(())
-            getattr(self.optimizer, "optimizer", self.optimizer).found_inf = found
+            inner = getattr(self.optimizer, "optimizer", self.optimizer)
+            inner.found_inf = found
             self.optimizer.step()
+            inner.found_inf = None  # a later step() of the caller's own (legacy API) must not see it
             self.scheduler.step()
             self._skipped_on_device += found
             self.optimizer.zero_grad(set_to_none=True)
