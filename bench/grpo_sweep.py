@@ -14,43 +14,31 @@ and single-process), so a sweep may share the machine; its times may not, and th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from grpo_race import TARGETS  # noqa: E402
+from grpo_race import TARGETS, ppo_dist_cmd  # noqa: E402
+from grpo_race import run as race_run  # noqa: E402
 
-# What the 2026-12-08 sweep tried (BENCHMARKS.md); the shipped preset is the first, with no overrides.
+# Candidates on top of the shipped preset (BENCHMARKS.md has these and the earlier ones); the first is
+# the preset itself, the second the recipe before it (beta 0.04).
 CANDIDATES = [
     "",
-    "ppo.kl_coef=0",
-    "optim.lr=3e-3",
-    "optim.lr=3e-3 ppo.kl_coef=0",
-    "ppo.scale_rewards=none",
-    "ppo.loss_agg=seq_mean_token_mean",
-    "optim.max_grad_norm=0",
-    "optim.adam_beta2=0.99",
+    "ppo.kl_coef=0.04",
+    "optim.lr=2.5e-3",
+    "optim.adam_beta1=0.7",
+    "ppo.loss_agg=seq_mean_token_sum_norm",
+    "rollout.batch_size=4 ppo.mini_batch_size=16",
 ]
 
 
 def run(preset: str, task: str, seed: int, overrides: list[str], args) -> dict:
-    cmd = [
-        sys.executable, str(BENCH / "ppo_dist_race.py"), "--preset", preset, "--task", task, "--seed", str(seed),
-        "--target", str(TARGETS[task]), "--max-steps", str(args.max_steps), "--time-limit", str(args.time_limit),
-        "--threads", str(args.threads),
-    ] + (["--set", *overrides] if overrides else [])  # fmt: skip
-    proc = subprocess.run(cmd, cwd=BENCH.parent, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith('{"system"')]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    record = {**json.loads(lines[-1]), "overrides": overrides}
-    with open(args.out, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-    return record
+    """One race run of ``preset`` with ``overrides`` (grpo_race's command and summary line)."""
+    cmd = ppo_dist_cmd(task, seed, preset, args) + (["--set", *overrides] if overrides else [])
+    return {**race_run(cmd, Path(args.out)), "overrides": overrides}
 
 
 def main() -> None:
@@ -61,7 +49,6 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[42, 43, 44])
     ap.add_argument("--max-steps", type=int, default=60)
     ap.add_argument("--time-limit", type=float, default=120.0)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(BENCH / "out" / "sweep.jsonl"))
     args = ap.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

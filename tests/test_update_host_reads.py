@@ -63,12 +63,12 @@ def learner_and_experience():
     return _learner_and_experience(UPDATE, 4)
 
 
-def _reads_by_ppo_dist(monkeypatch) -> list[tuple[str, str]]:
+def _reads_by_ppo_dist(monkeypatch) -> list[tuple[str, str, str]]:
     """Every host read that ppo_dist's own code makes (the read's direct caller is in the package;
-    transformers' own, such as its sdpa mask check, are not counted): ``(read, where)``, where is the
-    update's method that planned or summed up the step (the innermost of the update's methods), or
-    the ``file:line`` that read."""
-    reads: list[tuple[str, str]] = []
+    transformers' own, such as its sdpa mask check, are not counted): ``(read, where, here)``, where is
+    the update's method that planned or summed up the step (the innermost of the update's methods), or
+    else ``here``, the ``file:line`` that read."""
+    reads: list[tuple[str, str, str]] = []
     package = str(Path(ppo_dist.__file__).parent)
     for name in HOST_READS:
         original = getattr(torch.Tensor, name)
@@ -79,7 +79,7 @@ def _reads_by_ppo_dist(monkeypatch) -> list[tuple[str, str]]:
                 update = [f.name for f in reversed(stack) if f.filename == UPDATE_FILE and f.name in METHODS]
                 here = f"{Path(stack[-1].filename).name}:{stack[-1].lineno}"
                 where = update[0] if update and update[0] in PER_STEP else here
-                reads.append((_name, where))
+                reads.append((_name, where, here))
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
@@ -105,8 +105,10 @@ def test_the_ppo_epochs_read_nothing_back_per_micro_batch(monkeypatch, setting):
         assert exp.logprobs is not None and exp.logprobs.shape == exp.advantages.shape
     per_micro_batch = [r for r in reads if r[1] not in PER_STEP]
     assert not per_micro_batch, per_micro_batch
-    # Once per step: the lengths for the plan (one read; then host-side work on them), the skip count.
-    assert reads.count(("cpu", "_schedule")) == 1 and reads.count(("item", "step")) == 1
+    # The update's own reads, once per step: the lengths for the plan, the skip count. (The plan's
+    # host-side work on those lengths, in batching.py, reads CPU tensors only.)
+    own = [(name, where) for name, where, here in reads if here.startswith("update.py")]
+    assert own == [("cpu", "_schedule"), ("item", "step")], own
 
 
 def test_a_non_finite_update_is_skipped_on_the_device_and_counted_once_per_step(learner_and_experience, caplog):
@@ -131,18 +133,19 @@ def test_a_non_finite_update_is_skipped_on_the_device_and_counted_once_per_step(
     assert max(float((p.detach() - b).abs().max()) for p, b in zip(params, before, strict=True)) > 1e-5
 
 
-def test_the_scoring_passes_read_the_masks_once_per_pass_not_per_micro_batch(monkeypatch):
+def test_the_scoring_passes_read_the_masks_once_per_pass_and_nothing_per_micro_batch(monkeypatch):
     learner, tok = tiny_learner(UPDATE, batch_size=4)  # forward_batch_size 1: 4 micro-batches per pass
     reads = _reads_by_ppo_dist(monkeypatch)
     exp = learner.experience.from_rollout(_rollout(tok.pad_token_id), SCORES, step=1)
     monkeypatch.undo()
     assert exp.logprobs is not None and exp.ref_logprobs is not None and exp.values is not None
-    assert not [r for r in reads if r[1].startswith("rollout.py")]  # select() is given the widths
-    # The policy's pass (logprobs and values) and the reference's read the lengths once each; what else
-    # roles.py reads are the plan's own host-side indices.
+    assert not [r for r in reads if r[2].startswith("rollout.py")]  # select() is given the widths
+    # The policy's pass (logprobs and values) and the reference's read the lengths once each, and
+    # nothing else; the widths come from them on the host (batching.planned_widths).
     source = Path(roles.__file__).read_text().splitlines()
     line = next(n for n, text in enumerate(source, 1) if "the pass's one read of the masks" in text)
-    assert reads.count(("tolist", f"roles.py:{line}")) == 2, reads
+    own = [(name, here) for name, _, here in reads if here.startswith("roles.py")]
+    assert own == [("cpu", f"roles.py:{line}")] * 2, own
 
 
 def test_select_with_the_planned_widths_equals_select_from_the_masks():

@@ -50,6 +50,15 @@ def plan_micro_batches(
     return [torch.tensor(b, dtype=torch.long) for b in bins]
 
 
+def planned_widths(query_lengths: torch.Tensor, response_lengths: torch.Tensor, rows: torch.Tensor) -> tuple[int, int]:
+    """The longest query and response among ``rows``, from host-side lengths: what
+    :meth:`~ppo_dist.rl.rollout.Rollout.select` is given so that it reads nothing back from the device."""
+    rows = rows.cpu()
+    if not len(rows):
+        return 0, 0
+    return int(query_lengths[rows].max()), int(response_lengths[rows].max())
+
+
 def split_to_count(micro_batches: list[torch.Tensor], count: int) -> list[torch.Tensor]:
     """Split the largest micro-batches until there are ``count`` of them (each stays non-empty and
     within its budget); used when every process must run the same number of micro-batches."""

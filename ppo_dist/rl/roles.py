@@ -20,6 +20,7 @@ import torch
 
 from ..models import CausalLMWithValueHead, TokenScores
 from ..runtime import distributed
+from .batching import planned_widths
 from .rollout import Rollout
 
 
@@ -47,12 +48,10 @@ def score_in_micro_batches(
     device = rollout.responses.device
     logprobs = torch.zeros(B, Lr, device=device)
     values = torch.zeros(B, Lr, device=device) if with_values else None
-    q_len, r_len = torch.stack(rollout.lengths()).tolist()  # the pass's one read of the masks
-    for idx in micro_batches:
-        rows = idx.tolist()  # the plan's indices (host-side)
-        idx = idx.to(device)
-        widths = tuple(int(max((lengths[i] for i in rows), default=0)) for lengths in (q_len, r_len))
-        part = rollout.select(idx, widths)
+    q_len, r_len = torch.stack(rollout.lengths()).cpu()  # the pass's one read of the masks
+    for rows in micro_batches:
+        idx = rows.to(device)
+        part = rollout.select(idx, planned_widths(q_len, r_len, rows))
         with context():
             out = score(model, part, with_values=with_values)
         n = out.logprobs.shape[1]

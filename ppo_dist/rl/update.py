@@ -21,7 +21,7 @@ from accelerate.utils import DistributedType
 from .. import algos
 from ..config import BatchPlan, Config
 from ..runtime import distributed, zero
-from .batching import equal_counts_all, plan_micro_batches
+from .batching import equal_counts_all, plan_micro_batches, planned_widths
 from .experience import Experience
 from .roles import Policy
 
@@ -48,10 +48,10 @@ class PPOUpdate:
         # Where the fused AdamW can skip a non-finite update itself (see _optimizer_step), the decision
         # stays on the device: with a constant schedule (a skipped step cannot shift the learning rate),
         # no fp16 loss scaler (it decides skips itself) and no DeepSpeed (its engine steps in backward).
-        inner = getattr(optimizer, "optimizer", optimizer)
+        self._inner_optimizer = getattr(optimizer, "optimizer", optimizer)  # under accelerate's wrapper
         self._skip_on_device = bool(
             accelerator.distributed_type != DistributedType.DEEPSPEED
-            and getattr(inner, "defaults", {}).get("fused")
+            and getattr(self._inner_optimizer, "defaults", {}).get("fused")
             and accelerator.scaler is None
             and cfg.optim.lr_scheduler == "constant"
             and cfg.optim.warmup_steps == 0
@@ -87,7 +87,7 @@ class PPOUpdate:
         acc, p, plan = self.accelerator, self.cfg.ppo, self.plan
         rank, per_rank = acc.process_index, plan.local_mini_batch_size
         rollout = exp.rollout  # forwarded widths, skipped samples too
-        q_len, r_len = torch.stack([rollout.query_mask.sum(1), rollout.response_mask.sum(1)]).cpu()
+        q_len, r_len = torch.stack(rollout.lengths()).cpu()
         mini_batches, micro = [], []
         for epoch in range(p.ppo_epochs):
             if p.shuffle:
@@ -109,11 +109,8 @@ class PPOUpdate:
                 micro.append([local_idx[m] for m in parts])
         device = exp.loss_mask.device
 
-        def micro_batch(idx: torch.Tensor) -> MicroBatch:
-            return MicroBatch(idx.to(device), (int(q_len[idx].max()), int(r_len[idx].max())))
-
         return [
-            (mb.to(device), [micro_batch(m) for m in parts])
+            (mb.to(device), [MicroBatch(m.to(device), planned_widths(q_len, r_len, m)) for m in parts])
             for mb, parts in zip(mini_batches, equal_counts_all(acc, micro), strict=True)
         ]
 
@@ -271,10 +268,9 @@ class PPOUpdate:
             # found_inf = 1 makes the fused AdamW leave parameters, moments and its step count as they
             # are (as under a GradScaler): no host read per optimiser step; step() counts the skips.
             found = (~torch.isfinite(torch.as_tensor(grad_norm))).float().reshape(())
-            inner = getattr(self.optimizer, "optimizer", self.optimizer)
-            inner.found_inf = found
+            self._inner_optimizer.found_inf = found
             self.optimizer.step()
-            inner.found_inf = None  # a later step() of the caller's own (legacy API) must not see it
+            self._inner_optimizer.found_inf = None  # a later step() of the caller's own (legacy API) must not see it
             self.scheduler.step()
             self._skipped_on_device += found
             self.optimizer.zero_grad(set_to_none=True)
